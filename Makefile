@@ -1,0 +1,39 @@
+# Every target creates and uses .venv at the repo root; `make run` and `make test` work on a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+# A known-good torch/torchvision pair; users with another CUDA build override it: make setup TORCH="torch torchvision"
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+STAMP  := $(VENV)/.installed
+DATA   ?= $(abspath ../shared/data/prompts)
+export HF_HUB_OFFLINE ?= 1
+export WANDB_MODE ?= disabled
+
+.PHONY: setup run test test-all bench lint kit claims clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PIP) install $(TORCH)
+	$(PIP) install -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m experiments.run
+
+test: $(STAMP)
+	CAD_DATA_DIR=$${CAD_DATA_DIR:-$(DATA)} $(PY) -m pytest -q -m "not slow and not gpu and not network"
+
+test-all: $(STAMP)
+	CAD_DATA_DIR=$${CAD_DATA_DIR:-$(DATA)} $(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check cad evaluation experiments tests benchmarks
+
+clean:
+	rm -rf outputs multirun .pytest_cache

@@ -1,0 +1,53 @@
+"""Shared fixtures: offline environment, tiny real pipelines, the shared prompt data directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Tests never reach a hub or W&B: set before any library reads them.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_PROMPTS = REPO.parent / "shared" / "data" / "prompts"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The local prompt-file folder (CI and tests point at ../shared/data/prompts)."""
+    path = Path(os.environ.get("CAD_DATA_DIR", SHARED_PROMPTS))
+    if not path.is_dir():
+        pytest.fail(f"prompt data folder {path} not found: set CAD_DATA_DIR to the folder holding imagenette.csv etc.")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe_factory():
+    """Build fresh tiny pipelines (seeded) so a test may mutate its own copy."""
+    from cad.tiny import build_tiny_pipeline
+
+    def make(seed: int = 0, **kw):
+        return build_tiny_pipeline(seed, **kw)
+
+    return make
+
+
+@pytest.fixture()
+def tiny_pipe(tiny_pipe_factory):
+    """A fresh randomly initialised tiny StableDiffusionPipeline (fp32, CPU)."""
+    torch.manual_seed(0)
+    return tiny_pipe_factory(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe_dir(tmp_path_factory, tiny_pipe_factory) -> Path:
+    """A tiny pipeline saved with save_pretrained: the same folder layout as an SD hub snapshot."""
+    out = tmp_path_factory.mktemp("tiny-sd")
+    tiny_pipe_factory(0).save_pretrained(out)
+    return out
