@@ -1,0 +1,144 @@
+"""LPIPS between the original and the edited image of the same prompt and seed, split per artist.
+
+For artist erasure the erased artist's images should change a lot (`lpips_erased`, higher is better) and
+the other artists' images should stay put (`lpips_others`, lower is better). The real distance is
+torchmetrics' LPIPS with AlexNet (torchvision ImageNet weights + torchmetrics' bundled linear heads); any
+distance can be injected, and `FeatureLPIPS` is the LPIPS formula over an injected feature network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from .base import (
+    Metric,
+    WeightsUnavailableError,
+    check_items,
+    fetch_torch_hub_weights,
+    mean_or_nan,
+    normalize_name,
+    to_float_images,
+)
+
+LPIPS_WEIGHTS = "torchmetrics LPIPS alex (torchvision AlexNet_Weights.IMAGENET1K_V1 + bundled lin layers)"
+
+
+class TorchmetricsLPIPS:
+    """torchmetrics' LearnedPerceptualImagePatchSimilarity as a per-pair distance: (x0, x1) in [0,1] -> (N,)."""
+
+    def __init__(self, metric: Any) -> None:
+        self.metric = metric
+
+    @torch.no_grad()
+    def __call__(self, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+        return self.metric.net(x0, x1, normalize=True).reshape(-1)
+
+
+def load_lpips_alexnet(*, offline: bool | None = None) -> TorchmetricsLPIPS:
+    """torchmetrics LPIPS (net_type="alex"). Its AlexNet comes from the torch hub cache (TORCH_HOME),
+    downloaded unless offline; the linear heads ship inside torchmetrics."""
+    from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+    from torchvision.models import AlexNet_Weights
+
+    url = AlexNet_Weights.IMAGENET1K_V1.url
+    fetch_torch_hub_weights(url, "LPIPS AlexNet (torchvision AlexNet_Weights.IMAGENET1K_V1)", offline)
+    try:
+        metric = LearnedPerceptualImagePatchSimilarity(net_type="alex", reduction="none", normalize=True)
+    except Exception as err:
+        raise WeightsUnavailableError(f"could not build torchmetrics LPIPS(alex): {err}; check that "
+                                      f"{url.rsplit('/', 1)[-1]} in $TORCH_HOME/hub/checkpoints is intact") from err
+    return TorchmetricsLPIPS(metric.eval())
+
+
+class FeatureLPIPS(torch.nn.Module):
+    """The LPIPS formula over an injected feature net (tests, toy world).
+
+    features(x) returns one feature map or a list of them for x scaled to [-1, 1]. Per layer: unit-normalise
+    each position's channel vector, square the difference, weight channels (learned heads if given, else the
+    mean), average over space; sum over layers. Identical inputs give exactly 0.
+    """
+
+    def __init__(self, features: torch.nn.Module, channel_weights: Sequence[torch.Tensor] | None = None) -> None:
+        super().__init__()
+        self.features = features.eval()
+        self.channel_weights = None if channel_weights is None else [w.reshape(1, -1, 1, 1) for w in channel_weights]
+
+    @torch.no_grad()
+    def forward(self, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+        f0, f1 = self.features(2 * x0 - 1), self.features(2 * x1 - 1)
+        f0, f1 = (f0, f1) if isinstance(f0, (list, tuple)) else ([f0], [f1])
+        total = torch.zeros(x0.shape[0])
+        for k, (a, b) in enumerate(zip(f0, f1)):
+            a = a / torch.sqrt((a**2).sum(1, keepdim=True) + 1e-10)
+            b = b / torch.sqrt((b**2).sum(1, keepdim=True) + 1e-10)
+            d = (a - b) ** 2
+            d = (d * self.channel_weights[k]).sum(1) if self.channel_weights is not None else d.mean(1)
+            total += d.mean((-2, -1)).float().cpu()
+        return total
+
+
+class LPIPSMetric(Metric):
+    """Mean LPIPS(original, edited) for the erased artist, the other artists pooled, and per artist.
+
+    update(images, items, reference_images): `images` are the edited model's images, `reference_images` the
+    original model's images for the same items (same prompt, same seed), in the same order; `.label` of
+    each item names its artist.
+
+    Args:
+        target: the erased artist (matched case/space-insensitively against item labels).
+        distance: callable (x0, x1) float (N,3,H,W) in [0,1] -> (N,) distances; None loads torchmetrics
+            LPIPS(alex).
+    """
+
+    name = "lpips"
+
+    def __init__(self, target: str, *, distance: Callable | None = None, weights: str | None = None,
+                 batch_size: int = 16, offline: bool | None = None) -> None:
+        super().__init__()
+        if distance is None:
+            distance = load_lpips_alexnet(offline=offline)
+            weights = weights or LPIPS_WEIGHTS
+        self.target, self.distance, self.batch_size = str(target), distance, batch_size
+        self.weights = weights or f"injected:{type(distance).__name__}"
+        self.higher_is_better = {"lpips_erased": True, "lpips_others": False, "lpips/": False,
+                                 f"lpips/{self.target}": True}
+        self.reset()
+
+    def reset(self) -> None:
+        super().reset()
+        self._scores: dict[str, list[float]] = {}  # artist label (first spelling seen) -> distances
+        self._names: dict[str, str] = {}
+
+    def update(self, images: Any, items: Sequence[Any], reference_images: Any = None) -> None:
+        if reference_images is None:
+            raise ValueError("LPIPS compares pairs: pass reference_images= (the original model's images for the "
+                             "same items, same prompt and seed, same order)")
+        items = check_items(images, items, ("label",))
+        check_items(reference_images, items, ("label",))
+        edited, original = to_float_images(images), to_float_images(reference_images)
+        if edited.shape != original.shape:
+            raise ValueError(f"edited images {tuple(edited.shape)} and originals {tuple(original.shape)} differ in "
+                             "shape: generate both at the same size")
+        self._seen(images)
+        dists = torch.cat([torch.as_tensor(self.distance(o, e)).reshape(-1).float().cpu()
+                           for o, e in zip(original.split(self.batch_size), edited.split(self.batch_size))])
+        for it, d in zip(items, dists.tolist()):
+            key = normalize_name(it.label)
+            name = self._names.setdefault(key, str(it.label))
+            self._scores.setdefault(name, []).append(d)
+
+    def compute(self) -> dict[str, float]:
+        t = normalize_name(self.target)
+        erased = [d for name, ds in self._scores.items() if normalize_name(name) == t for d in ds]
+        others = [d for name, ds in self._scores.items() if normalize_name(name) != t for d in ds]
+        out = {"lpips_erased": mean_or_nan(erased), "lpips_others": mean_or_nan(others)}
+        for name, ds in self._scores.items():
+            out[f"lpips/{self.target if normalize_name(name) == t else name}"] = mean_or_nan(ds)
+        return out
+
+    def _protocol(self) -> dict[str, Any]:
+        return {"backbone_weights": self.weights, "target": self.target,
+                "pairs": "original vs edited model, same prompt and seed", "input_range": "[0,1] -> [-1,1]"}
