@@ -70,7 +70,7 @@ def load_pipeline(model: str | os.PathLike, *, dtype: str | torch.dtype = "float
             requires_safety_checker=False,
             local_files_only=local_files_only,
         )
-    except (OSError, ValueError, EnvironmentError) as e:
+    except (OSError, ValueError) as e:
         where = "the local folder" if is_dir else "the Hugging Face hub cache"
         raise ModelLoadError(
             f"could not load Stable Diffusion weights for {source!r} from {where} "

@@ -1,0 +1,292 @@
+"""The two concept objectives, evaluated (and optionally differentiated) with the model's own UNet.
+
+Sign convention (the one used everywhere in cad): J is the quantity being *maximised* and attribution
+scores are alpha_i = w_i * dJ/dw_i, the first-order estimate of J(w) - J(w with w_i = 0).
+
+- J_erase = sum_t || eps(x_t, t, c) - sg(eps(x_t, t, c_base)) ||^2, t over a DDIM schedule, x_t on the
+  model's own classifier-free-guided sampling trajectory for the target prompt c. Large J_erase means the
+  prompt moves the noise prediction away from the base prompt: the concept is present. CAD-Erase zeroes
+  the top positive alpha of J_erase (zeroing them lowers J_erase).
+- J_amplify = - sum_t || eps - eps(x_t, t, c) ||^2 with x_t = add_noise(x_0, eps, t) on latents x_0 of
+  concept images: the negative denoising loss. CAD-Amplify zeroes the top negative alpha of J_amplify
+  (zeroing them raises J_amplify, i.e. lowers the denoising loss on the concept).
+
+Both are summed over timesteps and averaged over samples (trajectories, or images x noise draws), so a
+value does not grow with K. Squared norms and gradients are computed in float32 whatever the model dtype.
+
+Measurement uses exactly the attribution's x_t and eps for a fixed seed: for erase, the x_t of the
+*unedited* model's trajectory (passed in as `trajectory`), so J(edited) - J(original) is the change that
+the first-order sum of ablated alphas predicts, with no trajectory drift mixed in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+@dataclass
+class ObjectiveResult:
+    """J's value, its float32 gradient per chosen parameter (None without params), and the UNet calls used."""
+
+    value: float
+    grads: dict[str, torch.Tensor] | None
+    unet_calls: int
+    terms: list[float] = field(default_factory=list)
+    trajectory: list[torch.Tensor] | None = None
+
+
+def ddim_schedule(pipe, steps: int):
+    """A private DDIMScheduler (from the pipeline's scheduler config) set to `steps`; pipe.scheduler is untouched."""
+    from diffusers import DDIMScheduler
+
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    sched = DDIMScheduler.from_config(pipe.scheduler.config)
+    sched.set_timesteps(steps, device=pipe.unet.device)
+    return sched
+
+
+@torch.no_grad()
+def embed(pipe, prompt: str, n: int) -> torch.Tensor:
+    """Text-encoder hidden states of `prompt`, repeated n times (pipe.encode_prompt, no CFG)."""
+    emb, _ = pipe.encode_prompt(prompt, pipe.unet.device, n, False)
+    return emb.to(pipe.unet.dtype)
+
+
+def latent_shape(pipe, n: int, height: int | None = None, width: int | None = None) -> tuple[int, ...]:
+    vsf = pipe.vae_scale_factor
+    h = (height or pipe.unet.config.sample_size * vsf) // vsf
+    w = (width or pipe.unet.config.sample_size * vsf) // vsf
+    return (n, pipe.unet.config.in_channels, h, w)
+
+
+def initial_latents(pipe, sched, n: int, generator: torch.Generator, height=None, width=None) -> torch.Tensor:
+    """x_T drawn on the CPU from `generator` (same numbers on every device), scaled as the pipeline does."""
+    x = torch.randn(latent_shape(pipe, n, height, width), generator=generator, dtype=torch.float32)
+    return (x * sched.init_noise_sigma).to(pipe.unet.device, pipe.unet.dtype)
+
+
+def accumulate(acc: dict[str, torch.Tensor] | None, loss: torch.Tensor, params: dict | None) -> None:
+    """Add d(loss)/d(params) into float32 buffers (autograd.grad: nothing is left in .grad)."""
+    if params is None:
+        return
+    grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+    for (name, _), g in zip(params.items(), grads):
+        if g is not None:
+            acc[name] += g.float()
+
+
+def new_buffers(params: dict | None) -> dict[str, torch.Tensor] | None:
+    if params is None:
+        return None
+    return {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in params.items()}
+
+
+def erase_term(unet, sched, x, t, cond, base, params, acc):
+    """One step's || eps(x,t,c) - sg(eps(x,t,c_base)) ||^2 (mean over the batch); 2 UNet calls.
+
+    Returns (term, eps_cond detached, eps_base) so a trajectory can reuse both epsilons for its CFG step.
+    """
+    inp = sched.scale_model_input(x, t)
+    with torch.no_grad():
+        eps_base = unet(inp, t, encoder_hidden_states=base).sample
+    with torch.set_grad_enabled(params is not None):
+        eps_cond = unet(inp, t, encoder_hidden_states=cond).sample
+        term = (eps_cond.float() - eps_base.float()).pow(2).flatten(1).sum(1).mean()
+    accumulate(acc, term, params)
+    return term.detach(), eps_cond.detach(), eps_base
+
+
+@torch.no_grad()
+def guided_step(unet, sched, x, t, cond, uncond, guidance: float):
+    """One classifier-free-guided DDIM step with cond and uncond batched in one UNet call (as the pipeline does)."""
+    inp = sched.scale_model_input(torch.cat([x, x]), t)
+    eps_u, eps_c = unet(inp, t, encoder_hidden_states=torch.cat([uncond, cond])).sample.chunk(2)
+    return sched.step(eps_u + guidance * (eps_c - eps_u), t, x).prev_sample
+
+
+def erase_objective(pipe, prompt: str, *, base_prompt: str = "", negative_prompt: str = "", steps: int = 50,
+                    guidance: float = 3.0, num_samples: int = 1, seed: int = 0, params: dict | None = None,
+                    trajectory: list[torch.Tensor] | None = None, height=None, width=None,
+                    progress: bool = False) -> ObjectiveResult:
+    """J_erase along K guided trajectories run as one batch (the `trajectory` estimator when params are given).
+
+    At each step the gradient pass on the target prompt also supplies the conditional eps of the CFG step,
+    and the base-prompt eps doubles as the unconditional eps when base_prompt == negative_prompt, so a
+    pass costs 2 UNet calls per step (3 otherwise). With `trajectory` (the x_t of an earlier pass), J is
+    evaluated on those latents and nothing is sampled.
+    """
+    unet, k = pipe.unet, num_samples
+    sched = ddim_schedule(pipe, steps)
+    cond, base = embed(pipe, prompt, k), embed(pipe, base_prompt, k)
+    use_cfg = guidance > 1.0
+    uncond = base if negative_prompt == base_prompt else embed(pipe, negative_prompt, k)
+    if trajectory is not None and len(trajectory) != len(sched.timesteps):
+        raise ValueError(f"trajectory has {len(trajectory)} latents but the schedule has {steps} steps")
+    x = None if trajectory is not None else initial_latents(
+        pipe, sched, k, torch.Generator("cpu").manual_seed(seed), height, width)
+    acc, calls, terms, visited = new_buffers(params), 0, [], []
+    for i, t in enumerate(tqdm(sched.timesteps, desc="J_erase", disable=not progress, leave=False)):
+        x_t = trajectory[i].to(unet.device, unet.dtype) if trajectory is not None else x
+        visited.append(x_t)
+        term, eps_c, eps_b = erase_term(unet, sched, x_t, t, cond, base, params, acc)
+        calls += 2
+        terms.append(float(term))
+        if trajectory is None:
+            with torch.no_grad():
+                if use_cfg:
+                    if uncond is base:
+                        eps_u = eps_b
+                    else:
+                        eps_u = unet(sched.scale_model_input(x_t, t), t, encoder_hidden_states=uncond).sample
+                        calls += 1
+                    eps = eps_u + guidance * (eps_c - eps_u)
+                else:
+                    eps = eps_c
+                x = sched.step(eps, t, x_t).prev_sample
+    return ObjectiveResult(sum(terms), acc, calls, terms, visited)
+
+
+def amplify_objective(pipe, latents: torch.Tensor, prompt: str, *, steps: int = 50, num_samples: int = 1,
+                      seed: int = 0, params: dict | None = None, batch_size: int = 8,
+                      progress: bool = False) -> ObjectiveResult:
+    """J_amplify = -sum_t mean_{images, draws} || eps - eps(add_noise(x_0, eps, t), t, c) ||^2.
+
+    eps is drawn on the CPU from one generator seeded with `seed`, in a fixed order (timestep, draw,
+    image), so two calls with the same seed see the same noise whatever the model weights.
+    """
+    if latents.ndim != 4 or latents.shape[1] != pipe.unet.config.in_channels:
+        raise ValueError(f"latents must be (N, {pipe.unet.config.in_channels}, h, w); got {tuple(latents.shape)}"
+                         " (encode images with concept_latents first)")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    unet, n = pipe.unet, latents.shape[0]
+    sched = ddim_schedule(pipe, steps)
+    cond = embed(pipe, prompt, 1)
+    gen = torch.Generator("cpu").manual_seed(seed)
+    x0 = latents.detach().float().cpu()
+    acc, calls, terms = new_buffers(params), 0, []
+    for t in tqdm(sched.timesteps, desc="J_amplify", disable=not progress, leave=False):
+        term = 0.0
+        for _ in range(num_samples):
+            noise = torch.randn(x0.shape, generator=gen, dtype=torch.float32)
+            for s in range(0, n, batch_size):
+                e = noise[s:s + batch_size]
+                tt = t.detach().cpu().reshape(1).repeat(e.shape[0])
+                x_t = sched.add_noise(x0[s:s + batch_size], e, tt).to(unet.device, unet.dtype)
+                e = e.to(unet.device)
+                with torch.set_grad_enabled(params is not None):
+                    pred = unet(sched.scale_model_input(x_t, t), t,
+                                encoder_hidden_states=cond.expand(e.shape[0], -1, -1)).sample
+                    loss = -(e - pred.float()).pow(2).flatten(1).sum(1).sum() / (n * num_samples)
+                calls += 1
+                accumulate(acc, loss, params)
+                term += float(loss.detach())
+        terms.append(term)
+    return ObjectiveResult(sum(terms), acc, calls, terms, None)
+
+
+def load_images(images) -> torch.Tensor | list:
+    """A folder of image files -> sorted list of PIL images; lists and tensors pass through."""
+    if isinstance(images, (str, Path)):
+        from PIL import Image
+
+        folder = Path(images).expanduser()
+        if not folder.is_dir():
+            raise FileNotFoundError(f"concept image folder {folder} does not exist; pass a folder of images")
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+        return [Image.open(p).convert("RGB") for p in files]
+    return images
+
+
+@torch.no_grad()
+def concept_latents(pipe, images=None, *, prompt: str | None = None, num_images: int = 8, seed: int = 0,
+                    steps: int = 50, guidance: float = 7.5, batch_size: int = 4, height=None,
+                    width=None) -> torch.Tensor:
+    """Scaled VAE latents (float32, CPU) of concept images: a folder, a list of PIL images, a tensor in
+    [0, 1] of shape (N, 3, H, W), or - with images=None - images the pipeline itself generates for `prompt`.
+
+    Images enter the VAE in [-1, 1]; latents are multiplied by vae.config.scaling_factor. Encoding
+    samples the VAE posterior with a generator seeded by `seed`.
+    """
+    vae = pipe.vae
+    h = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    w = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    gen = torch.Generator("cpu").manual_seed(seed)
+    if images is None:
+        if not prompt:
+            raise ValueError("amplify needs concept images: pass images= (folder, PIL list, tensor) or a prompt")
+        out = []
+        for s in range(0, num_images, batch_size):
+            m = min(batch_size, num_images - s)
+            out.append(pipe(prompt, num_images_per_prompt=m, num_inference_steps=steps, guidance_scale=guidance,
+                            height=h, width=w, generator=gen, output_type="latent").images.float().cpu())
+        return torch.cat(out)
+    images = load_images(images)
+    if isinstance(images, torch.Tensor):
+        x = images.float()
+        if x.ndim == 3:
+            x = x.unsqueeze(0)
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"image tensor must be (N, 3, H, W) or (3, H, W); got {tuple(images.shape)}")
+        if x.min() < 0 or x.max() > 1:
+            raise ValueError("image tensors must hold values in [0, 1] (as torchvision's ToTensor gives)")
+        if x.shape[-2:] != (h, w):
+            x = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+        x = x * 2 - 1
+    elif isinstance(images, (list, tuple)) and images:
+        x = pipe.image_processor.preprocess(list(images), height=h, width=w).float()  # -> [-1, 1]
+    else:
+        raise TypeError(f"images must be a folder path, a non-empty list of PIL images or a tensor; got {type(images)}")
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    out = []
+    for s in range(0, x.shape[0], batch_size):
+        batch = x[s:s + batch_size].to(vae.device, vae.dtype)
+        z = vae.encode(batch).latent_dist.sample(generator=gen)
+        out.append(((z.float() - shift) * vae.config.scaling_factor).cpu())
+    return torch.cat(out)
+
+
+def erase_trajectory(pipe, prompt: str, **kw) -> list[torch.Tensor]:
+    """The x_t the erase objective visits for this seed (the current, typically unedited, model's trajectory)."""
+    return [x.detach().cpu() for x in erase_objective(pipe, prompt, **kw).trajectory]
+
+
+@torch.no_grad()
+def measure_erase_objective(pipe, prompt: str, *, base_prompt: str = "", negative_prompt: str = "",
+                            steps: int = 50, guidance: float = 3.0, num_samples: int = 1, seed: int = 0,
+                            edit=None, trajectory: list[torch.Tensor] | None = None, height=None,
+                            width=None) -> float:
+    """J_erase without gradients. With `edit`, x_t come from the pipeline as given (unedited) and J is then
+    evaluated with the edit applied, on those same x_t: the quantity attribution linearises."""
+    kw = dict(base_prompt=base_prompt, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
+              num_samples=num_samples, seed=seed, height=height, width=width)
+    if edit is None:
+        return erase_objective(pipe, prompt, trajectory=trajectory, **kw).value
+    if trajectory is None:
+        trajectory = erase_trajectory(pipe, prompt, **kw)
+    with edit.applied(pipe):
+        return erase_objective(pipe, prompt, trajectory=trajectory, **kw).value
+
+
+@torch.no_grad()
+def measure_amplify_objective(pipe, latents, prompt: str, *, steps: int = 50, num_samples: int = 1,
+                              seed: int = 0, edit=None, batch_size: int = 8) -> float:
+    """J_amplify without gradients on latents (or images, encoded first by the unedited VAE), same noise
+    as attribute(...) for the same seed; with `edit`, evaluated with the edit applied."""
+    if not (isinstance(latents, torch.Tensor) and latents.ndim == 4
+            and latents.shape[1] == pipe.unet.config.in_channels):
+        latents = concept_latents(pipe, latents, seed=seed)
+    kw = dict(steps=steps, num_samples=num_samples, seed=seed, batch_size=batch_size)
+    if edit is None:
+        return amplify_objective(pipe, latents, prompt, **kw).value
+    with edit.applied(pipe):
+        return amplify_objective(pipe, latents, prompt, **kw).value
