@@ -8,10 +8,13 @@ distance can be injected, and `FeatureLPIPS` is the LPIPS formula over an inject
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from .base import (
     Metric,
@@ -85,19 +88,24 @@ class LPIPSMetric(Metric):
 
     update(images, items, reference_images): `images` are the edited model's images, `reference_images` the
     original model's images for the same items (same prompt, same seed), in the same order; `.label` of
-    each item names its artist.
+    each item names its artist. With `reference_dir` (the original model's image folder written by
+    cad.generate) the originals are read from `<reference_dir>/<item.id>.png`, so plain
+    `update(images, items)` works (that is how evaluation.score drives it).
 
     Args:
         target: the erased artist (matched case/space-insensitively against item labels).
         distance: callable (x0, x1) float (N,3,H,W) in [0,1] -> (N,) distances; None loads torchmetrics
             LPIPS(alex).
+        reference_dir: folder of the original model's images, one `<item.id>.png` per item.
     """
 
     name = "lpips"
 
     def __init__(self, target: str, *, distance: Callable | None = None, weights: str | None = None,
-                 batch_size: int = 16, offline: bool | None = None) -> None:
+                 reference_dir: str | os.PathLike | None = None, batch_size: int = 16,
+                 offline: bool | None = None) -> None:
         super().__init__()
+        self.reference_dir = Path(reference_dir) if reference_dir is not None else None
         if distance is None:
             distance = load_lpips_alexnet(offline=offline)
             weights = weights or LPIPS_WEIGHTS
@@ -113,10 +121,9 @@ class LPIPSMetric(Metric):
         self._names: dict[str, str] = {}
 
     def update(self, images: Any, items: Sequence[Any], reference_images: Any = None) -> None:
-        if reference_images is None:
-            raise ValueError("LPIPS compares pairs: pass reference_images= (the original model's images for the "
-                             "same items, same prompt and seed, same order)")
         items = check_items(images, items, ("label",))
+        if reference_images is None:
+            reference_images = self._load_references(items)
         check_items(reference_images, items, ("label",))
         edited, original = to_float_images(images), to_float_images(reference_images)
         if edited.shape != original.shape:
@@ -130,6 +137,21 @@ class LPIPSMetric(Metric):
             name = self._names.setdefault(key, str(it.label))
             self._scores.setdefault(name, []).append(d)
 
+    def _load_references(self, items: Sequence[Any]) -> list[Image.Image]:
+        if self.reference_dir is None:
+            raise ValueError("LPIPS compares pairs: pass reference_images= (the original model's images for the "
+                             "same items, same prompt and seed, same order) or construct with reference_dir=")
+        paths = [self.reference_dir / f"{getattr(it, 'id', None)}.png" for it in items]
+        missing = [p.name for p in paths if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} original images missing in {self.reference_dir} "
+                                    f"({', '.join(missing[:5])}): generate the benchmark with the unedited model first")
+        out = []
+        for p in paths:
+            with Image.open(p) as im:
+                out.append(im.convert("RGB"))
+        return out
+
     def compute(self) -> dict[str, float]:
         t = normalize_name(self.target)
         erased = [d for name, ds in self._scores.items() if normalize_name(name) == t for d in ds]
@@ -141,4 +163,5 @@ class LPIPSMetric(Metric):
 
     def _protocol(self) -> dict[str, Any]:
         return {"backbone_weights": self.weights, "target": self.target,
+                "reference_dir": str(self.reference_dir) if self.reference_dir else None,
                 "pairs": "original vs edited model, same prompt and seed", "input_range": "[0,1] -> [-1,1]"}
