@@ -45,15 +45,15 @@ class KitError(RuntimeError):
 class Recipe:
     name: str
     seed: int = 0
-    threads: int = 2
+    threads: int = 1  # the CPU is shared; one thread per trainer avoids oversubscription
     image_size: int = 32
     n_train: int = 12000
     n_test: int = 1200
-    vae_channels: tuple[int, ...] = (32, 64, 64)  # three blocks: 32x32 images -> 8x8x4 latents
+    vae_channels: tuple[int, ...] = (16, 32, 32)  # three blocks: 32x32 images -> 8x8x4 latents
     unet_channels: tuple[int, ...] = (32, 64)
     text_hidden: int = 64
-    vae_steps: int = 1200
-    vae_batch: int = 48
+    vae_steps: int = 1500
+    vae_batch: int = 32
     vae_lr: float = 1e-3
     vae_kl: float = 1e-6
     unet_steps: int = 3000
@@ -62,7 +62,7 @@ class Recipe:
     p_drop: float = 0.3
     p_empty: float = 0.12
     ema_decay: float = 0.998
-    clf_width: int = 32
+    clf_width: int = 16
     clf_steps: int = 800
     clf_batch: int = 96
     clf_lr: float = 2e-3
