@@ -1,0 +1,140 @@
+"""One run of the paper's erase/amplify evaluation from a plain config dict (what experiments.run hands over).
+
+Order: cheap checks -> benchmarks resolve -> model -> attribution (cached) -> edits -> images (cached) ->
+scores -> metrics.json in the run folder + rows in <outputs>/results.jsonl (+ W&B if asked).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from .metric_factory import build_metrics
+from .models import load_model, resolve_device
+from .pipeline import (
+    attribute_cached,
+    build_edits,
+    directions,
+    generate_cached,
+    protocol_of,
+    score_folder,
+    timed,
+    write_metrics,
+)
+from .results import append_rows, make_rows
+from .validate import check_benchmarks, check_run
+
+log = logging.getLogger("cad.experiments")
+
+
+def benchmark_specs(cfg: dict) -> dict[str, Any]:
+    """role -> benchmark spec: the `benchmark` group (target) plus the experiment's `retain` entries."""
+    specs = {"target": cfg["benchmark"]}
+    specs.update({role: spec for role, spec in (cfg.get("retain") or {}).items() if spec is not None})
+    return specs
+
+
+def run_erase_eval(cfg: dict, run_dir: str | Path, *, logger=None, run_id: str | None = None) -> dict:
+    """Attribute, edit, generate and score; returns the metrics payload also written to metrics.json."""
+    from evaluation.benchmarks import load_benchmark
+
+    run_dir = Path(run_dir)
+    outputs = Path(cfg["paths"]["outputs"])
+    model, method, gen = cfg["model"], cfg["method"], cfg.get("generation", {})
+    concept = check_run(cfg)
+    if concept["name"] != cfg["concept"]["name"]:
+        log.info("model=toy: concept %s runs as its toy-world stand-in %s", cfg["concept"]["name"], concept["name"])
+    data_dir = cfg["paths"].get("data")
+    specs = benchmark_specs(cfg)
+    check_benchmarks(specs, data_dir)
+    per_label = gen.get("per_label")
+    if per_label:  # an even cut across classes (a plain limit would keep the first class only)
+        specs = {role: {**spec, "limit_per_label": int(per_label)} for role, spec in specs.items()}
+    benchmarks = {role: load_benchmark(spec, data_dir=data_dir, limit=gen.get("limit")) for role, spec in specs.items()}
+
+    with timed("load model"):
+        loaded = load_model(model, device=cfg.get("device", "auto"), toy_kit=cfg["paths"].get("toy_kit"))
+    scores, scores_dir, reused = None, None, False
+    if method["name"] != "none":
+        with timed("attribution"):
+            scores, scores_dir, reused = attribute_cached(loaded, concept, method, cfg["attribution"], model, outputs)
+        log.info("attribution scores %s (%s)", scores_dir, "reused" if reused else "computed")
+    edit, controls = build_edits(scores, method, outputs, loaded.key)
+    variants: dict[str, Any] = {"original": None}
+    if edit is not None:
+        variants["edited"] = edit
+    variants.update(controls)
+
+    sharded = int(gen.get("num_shards", 1)) > 1
+    goal = "amplify" if method.get("objective") == "amplify" else "erase"
+    device = resolve_device(cfg.get("device", "auto"))
+    run = {"run_id": run_id or run_dir.name, "experiment": cfg.get("experiment_name"), "model": loaded.key,
+           "concept": concept["name"], "method": method["name"], "ratio": float(method["ratio"]),
+           "sign": method["sign"], "granularity": method["granularity"],
+           "scores_path": str(scores_dir) if scores_dir else None}
+    payload: dict[str, Any] = {"run": run, "attribution_reused": reused, "metrics": {}, "images": {},
+                               "edits": {k: _edit_info(e) for k, e in variants.items() if e is not None}}
+    rows = []
+    for bench in benchmarks.values():
+        folders = {}
+        for variant, e in variants.items():
+            with timed(f"generate {bench.key} [{variant}]"):
+                folders[variant] = generate_cached(loaded, bench, e, model, gen, outputs)
+        payload["images"][bench.key] = {k: str(v) for k, v in folders.items()}
+        if sharded:
+            continue  # a shard only fills the cache; the run with num_shards=1 scores
+        names = list((bench.meta or {}).get("metrics") or [])
+        metrics = build_metrics(names, benchmark=bench, concept=concept, goal=goal, kit=loaded.kit, device=device)
+        for variant, folder in folders.items():
+            with timed(f"score {bench.key} [{variant}]"):
+                results, proto = score_folder(folder, bench, metrics, folders["original"], concept)
+            payload["metrics"].setdefault(variant, {}).update(results)
+            e = variants[variant]
+            rows += make_rows(run=run, variant=variant, benchmark=bench.key, metrics=results,
+                              directions=directions(metrics, results, bench.name),
+                              protocol=protocol_of(model, gen, bench, proto, loaded),
+                              edit_fingerprint=None if e is None else e.fingerprint)
+        if logger is not None:
+            _log_grid(logger, bench, folders)
+    write_metrics(run_dir, payload)
+    if rows:
+        append_rows(outputs / "results.jsonl", rows)
+    if logger is not None:
+        for variant, values in payload["metrics"].items():
+            logger.log_metrics({f"{variant}/{k}": v for k, v in values.items()})
+        logger.log_table("results", rows)
+    payload["rows"] = len(rows)
+    return payload
+
+
+def _edit_info(edit) -> dict:
+    return {"fingerprint": edit.fingerprint, "n_ablated": int(edit.n_ablated), "fraction": float(edit.fraction)}
+
+
+def _log_grid(logger, bench, folders: dict[str, Path]) -> None:
+    from evaluation.report import image_grid
+
+    try:
+        grid = image_grid(folders, n=getattr(logger, "n_images", 8))
+    except (FileNotFoundError, ValueError) as err:
+        log.warning("no image grid for %s: %s", bench.key, err)
+        return
+    logger.log_image(f"grid/{bench.name}", grid, caption=" / ".join(folders))
+
+
+def summary_lines(payload: dict) -> list[str]:
+    """A readable before/after table for the console: a line per metric, a column per variant."""
+    metrics = payload["metrics"]
+    if not metrics:
+        return ["(no scores: sharded generation run; rerun with generation.num_shards=1 to score)"]
+    variants = list(metrics)
+    keys = [k for k in metrics[variants[0]] if "/acc/" not in k and "/lpips/" not in k and "/nudenet/" not in k]
+    run = payload["run"]
+    width = max(len(k) for k in keys) if keys else 10
+    lines = [f"{run['method']} on {run['model']}, concept {run['concept']}, ratio {run['ratio']:g}"
+             + (f" (scores {'reused' if payload['attribution_reused'] else 'computed'})" if run["scores_path"] else ""),
+             f"{'metric':<{width}}  " + "  ".join(f"{v:>10}" for v in variants)]
+    for k in keys:
+        lines.append(f"{k:<{width}}  " + "  ".join(f"{metrics[v].get(k, float('nan')):>10.3f}" for v in variants))
+    return lines
