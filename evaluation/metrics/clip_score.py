@@ -79,6 +79,7 @@ class ClipScore(Metric):
     Args:
         model, preprocess, tokenizer: an open_clip triple (toy kit, tiny test model); None loads ViT-B-32/openai.
         weights: description of an injected model's weights for the protocol.
+        offline, cache_dir: passed to load_openai_clip when no model is injected.
     """
 
     name = "clip_score"
@@ -86,12 +87,12 @@ class ClipScore(Metric):
 
     def __init__(self, model: Any = None, preprocess: Callable | None = None, tokenizer: Callable | None = None, *,
                  weights: str | None = None, batch_size: int = 32, device: str = "cpu",
-                 offline: bool | None = None) -> None:
+                 offline: bool | None = None, cache_dir: str | None = None) -> None:
         super().__init__()
         if model is None:
             if preprocess is not None or tokenizer is not None:
                 raise ValueError("preprocess/tokenizer only apply to an injected model; pass model= too")
-            model, preprocess, tokenizer = load_openai_clip(offline=offline, device=device)
+            model, preprocess, tokenizer = load_openai_clip(offline=offline, device=device, cache_dir=cache_dir)
             weights = weights or f"open_clip {CLIP_MODEL} pretrained={CLIP_PRETRAINED}"
         elif preprocess is None or tokenizer is None:
             raise ValueError("an injected CLIP model needs its preprocess= and tokenizer= as well")
