@@ -1,0 +1,20 @@
+"""Compose configs the way `python -m experiments.run` does (Hydra compose API), as plain dicts."""
+
+from __future__ import annotations
+
+import pytest
+
+from experiments.config import compose_config
+
+
+@pytest.fixture()
+def compose():
+    return compose_config
+
+
+@pytest.fixture()
+def outputs(tmp_path, monkeypatch):
+    """A temporary outputs root for everything a run writes."""
+    out = tmp_path / "outputs"
+    monkeypatch.setenv("CAD_OUTPUTS", str(out))
+    return out
