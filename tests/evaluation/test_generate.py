@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from cad.generate import generate, image_dir, read_manifest, sampler_settings
@@ -155,3 +156,22 @@ def test_image_dir_names_model_edit_sampler_benchmark(pipe, tmp_path):
     for other in (sampler_settings(pipe, steps=21, guidance=3.0),
                   sampler_settings(pipe, steps=20, guidance=3.0, seed_mode="fixed", fixed_seed=1)):
         assert image_dir(tmp_path, "org/model", None, other, bench) != d
+
+
+def test_edit_is_applied_during_generation_and_restored(pipe, tmp_path):
+    from cad.components import get_space
+    from cad.edits import Edit
+
+    params = get_space("ff").select(pipe.unet)
+    masks = {name: torch.ones_like(p, dtype=torch.bool) for name, p in params.items()}
+    edit = Edit(masks, {"kind": "test: all ff weights zeroed"})
+    before = {k: v.detach().clone() for k, v in pipe.unet.state_dict().items()}
+    items = _items(2)
+    original = generate(pipe, items, tmp_path / "orig", steps=STEPS, guidance=3.0, progress=False)
+    edited = generate(pipe, items, tmp_path / "edit", edit=edit, steps=STEPS, guidance=3.0, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in pipe.unet.state_dict().items())  # bit-exact restore
+    assert np.abs(_px(original[0]) - _px(edited[0])).mean() > 1
+    meta = json.loads((tmp_path / "edit" / "meta.json").read_text())
+    assert meta["identity"]["edit"] == edit.fingerprint and meta["edit_meta"]["kind"].startswith("test")
+    s = sampler_settings(pipe, steps=STEPS, guidance=3.0)
+    assert image_dir(tmp_path, "tiny", edit, s, "b@v1").parts[-3] == edit.fingerprint
