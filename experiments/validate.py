@@ -98,8 +98,8 @@ def check_scores_folder(folder: str | None, model_id: str) -> None:
                           "outputs/attributions/ or leave it null to compute scores")
     meta_path = path / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    made_for = meta.get("model_id") or meta.get("model")
-    if made_for and model_id != "toy" and str(made_for) != str(model_id):
+    made_for = meta.get("model_id")  # set by experiments; other scores are checked by UNet fingerprint on load
+    if made_for and str(made_for) != str(model_id):
         raise ConfigError(f"attribution.scores={folder} were made for model {made_for!r}, not {model_id!r}; "
                           "leave attribution.scores null to compute scores for this model")
 

@@ -1,0 +1,127 @@
+"""Results rows, the locked append, and the report: paper-shaped tables, sweep curves, Pareto plots, grids."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+
+import pytest
+from PIL import Image
+
+from evaluation.report import (
+    image_grid,
+    latest,
+    load_results,
+    main,
+    markdown_tables,
+    pareto_plots,
+    sweep_curves,
+)
+from experiments.results import ROW_KEYS, append_rows, make_rows
+
+PROTO = {"steps": 20, "guidance": 3.0, "scheduler": "ddim", "seeds": "per_item", "resolution": 32}
+
+
+def _rows(concept, method, variant, ratio, target, others, run_id):
+    run = {"run_id": run_id, "experiment": "object_erasure", "model": "toy", "concept": concept, "method": method,
+           "ratio": ratio, "sign": "positive", "granularity": "row", "scores_path": "/s"}
+    return make_rows(run=run, variant=variant, benchmark="toy_objects@v1",
+                     metrics={"toy_objects/acc_target": target, "toy_objects/acc_others": others},
+                     directions={"toy_objects/acc_target": False, "toy_objects/acc_others": True},
+                     protocol=PROTO, edit_fingerprint=None if variant == "original" else f"e{ratio}")
+
+
+@pytest.fixture()
+def table(tmp_path):
+    path = tmp_path / "results.jsonl"
+    for i, ratio in enumerate((0.001, 0.01, 0.1)):
+        for concept in ("circle", "square"):
+            rows = _rows(concept, "cad_erase", "original", ratio, 0.9, 0.8, f"r{i}")
+            rows += _rows(concept, "cad_erase", "edited", ratio, 0.9 - 3 * ratio - i * 0.1, 0.8 - ratio, f"r{i}")
+            rows += _rows(concept, "cad_erase", "random-0", ratio, 0.88, 0.79, f"r{i}")
+            append_rows(path, rows)
+    return path
+
+
+def test_rows_carry_every_field(table):
+    rows = load_results(table)
+    assert len(rows) == 3 * 2 * 3 * 2
+    for r in rows:
+        assert set(ROW_KEYS) <= set(r)
+        assert r["protocol"]["steps"] == 20 and r["benchmark"] == "toy_objects@v1"
+    assert make_rows(run={"run_id": "x", "model": "m", "concept": "c", "method": "m"}, variant="edited",
+                     benchmark="b@v1", metrics={"b/x": float("nan")}, directions={}, protocol={},
+                     edit_fingerprint=None)[0]["value"] is None  # NaN is not JSON
+
+
+def _append_many(path, worker):
+    rows = [{"worker": worker, "i": i, "pad": "x" * 5000} for i in range(50)]
+    for r in rows:
+        append_rows(path, [r])
+
+
+def test_parallel_appends_never_interleave(tmp_path):
+    path = tmp_path / "results.jsonl"
+    procs = [mp.get_context("fork").Process(target=_append_many, args=(path, w)) for w in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 150
+    assert all(json.loads(line)["pad"] == "x" * 5000 for line in lines)
+
+
+def test_markdown_table_is_paper_shaped(table):
+    md = markdown_tables(load_results(table))
+    assert "### object_erasure · toy · toy_objects@v1" in md
+    header = next(line for line in md.splitlines() if line.startswith("| concept"))
+    assert "SD acc_target ↓" in header and "cad_erase@0.01 acc_target ↓" in header and "random@0.1 acc_others ↑" in header
+    assert header.index("SD acc_target") < header.index("cad_erase@0.001")
+    circle = next(line for line in md.splitlines() if line.startswith("| circle"))
+    # SD (others, target), then each ratio's edit (target = 0.9 - 3 ratio - 0.1 run index), then the controls
+    assert circle == ("| circle | 0.800 | 0.900 | 0.799 | 0.897 | 0.790 | 0.770 | 0.700 | 0.400 | 0.790 | 0.880 "
+                      "| 0.790 | 0.880 | 0.790 | 0.880 |")
+    assert len(latest(load_results(table))) == len(load_results(table))
+
+
+def test_latest_row_wins(tmp_path, table):
+    rows = load_results(table)
+    rerun = dict(rows[0], value=0.123, run_id="again")
+    assert latest(rows + [rerun])[0]["value"] == 0.123
+
+
+def test_plots_and_cli(tmp_path, table):
+    curves = sweep_curves(load_results(table), tmp_path / "rep")
+    paretos = pareto_plots(load_results(table), tmp_path / "rep")
+    assert [p.name for p in curves] == ["sweep_toy_cad_erase_toy_objects_acc_others.png",
+                                        "sweep_toy_cad_erase_toy_objects_acc_target.png"]
+    assert [p.name for p in paretos] == ["pareto_toy_toy_objects.png"]
+    for p in curves + paretos:
+        assert Image.open(p).size[0] > 100
+    report = main([str(table), "--out", str(tmp_path / "rep2")])
+    text = report.read_text()
+    assert "![pareto_toy_toy_objects](pareto_toy_toy_objects.png)" in text and "| circle |" in text
+
+
+def test_image_grid(tmp_path):
+    for variant, color in (("original", "red"), ("edited", "blue")):
+        (tmp_path / variant).mkdir()
+        for i in range(3):
+            Image.new("RGB", (16, 16), color).save(tmp_path / variant / f"{i:04d}.png")
+    grid = image_grid({"original": tmp_path / "original", "edited": tmp_path / "edited"}, tmp_path / "g.png",
+                      n=2, size=32)
+    assert grid.size == (64, 2 * (32 + 14))
+    assert grid.getpixel((5, 14 + 5)) == (255, 0, 0) and grid.getpixel((5, 46 + 14 + 5)) == (0, 0, 255)
+    assert (tmp_path / "g.png").is_file()
+    with pytest.raises(FileNotFoundError, match="not found"):
+        image_grid({"x": tmp_path / "missing"})
+
+
+def test_missing_or_broken_table(tmp_path):
+    with pytest.raises(FileNotFoundError, match="experiments.run"):
+        load_results(tmp_path / "none.jsonl")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"a": 1}\n{"a": \n')
+    with pytest.raises(ValueError, match="line 2"):
+        load_results(bad)
