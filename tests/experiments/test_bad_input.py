@@ -1,0 +1,82 @@
+"""Bad input stops before any model is loaded, with an error that names the fix."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+from hydra.errors import HydraException
+from safetensors.torch import save_file
+
+from experiments.config import compose_config
+from experiments.run import run_from_config
+from experiments.validate import ConfigError, check_benchmarks, load_concept
+
+
+def _run(cfg, tmp_path):
+    started = time.perf_counter()
+    with pytest.raises(ConfigError) as err:
+        run_from_config(cfg, tmp_path / "run")
+    assert time.perf_counter() - started < 5, "validation must come before any expensive step"
+    assert not (tmp_path / "outputs" / "attributions").exists()
+    return str(err.value)
+
+
+@pytest.mark.parametrize(("override", "listed"), [("concept=unicorn", "church"), ("model=sd99", "sd14"),
+                                                   ("benchmark=imagenet21k", "imagenette")])
+def test_unknown_group_option_lists_the_choices(override, listed):
+    with pytest.raises(HydraException) as err:
+        compose_config([override])
+    assert "Available options" in str(err.value) and listed in str(err.value)
+
+
+def test_unknown_concept_by_name():
+    with pytest.raises(ConfigError, match="choose one of: .*church"):
+        load_concept("unicorn")
+
+
+@pytest.mark.parametrize("ratio", [1.5, -0.1])
+def test_ratio_outside_unit_interval(outputs, tmp_path, ratio):
+    msg = _run(compose_config([f"method.ratio={ratio}"]), tmp_path)
+    assert "[0, 1]" in msg and "method.ratio=0.01" in msg
+
+
+def test_toy_concept_on_real_model(outputs, tmp_path):
+    msg = _run(compose_config(["model=sd14"]), tmp_path)
+    assert "concept=church" in msg
+
+
+def test_missing_checkpoint(outputs, tmp_path):
+    msg = _run(compose_config(["model.checkpoint=/nowhere/esd-unet.safetensors"]), tmp_path)
+    assert "does not exist" in msg and "state dict" in msg
+
+
+def test_missing_model_folder(outputs, tmp_path):
+    msg = _run(compose_config(["model=sd14", "concept=church", "model.id=./no/such/sd-folder"]), tmp_path)
+    assert "hub id" in msg
+
+
+def test_scores_made_for_another_model(outputs, tmp_path):
+    folder = tmp_path / "scores"
+    folder.mkdir()
+    save_file({"w": torch.zeros(2)}, str(folder / "scores.safetensors"))
+    (folder / "meta.json").write_text(json.dumps({"model_id": "CompVis/stable-diffusion-v1-4"}))
+    cfg = compose_config(["model=sd15", "concept=church", f"attribution.scores={folder}"])
+    msg = _run(cfg, tmp_path)
+    assert "made for model 'CompVis/stable-diffusion-v1-4'" in msg and "attribution.scores null" in msg
+    msg = _run(compose_config([f"attribution.scores={tmp_path}"]), tmp_path)
+    assert "no scores.safetensors" in msg
+
+
+def test_unknown_task_and_bad_shard(outputs, tmp_path):
+    assert "task=erase_eval" in _run(compose_config(["task=train"]), tmp_path)
+    assert "num_shards" in _run(compose_config(["generation.shard=3", "generation.num_shards=2"]), tmp_path)
+
+
+def test_benchmark_that_cannot_load(tmp_path):
+    spec = {"name": "mine", "version": 1, "source": {"file": "no_such_prompts.csv"},
+            "columns": {"prompt": "prompt"}}
+    with pytest.raises(ConfigError, match="benchmark 'target'"):
+        check_benchmarks({"target": spec}, str(tmp_path))
