@@ -227,7 +227,7 @@ def generate(
     if not pending:
         return paths
 
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     manifest = manifest_name(shard, num_shards)
     bar = tqdm(total=len(mine), initial=len(mine) - len(pending), unit="img", disable=not progress,

@@ -74,7 +74,7 @@ def score(
     for m in metrics:
         m.reset()
 
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     for start in tqdm(range(0, len(items), batch_size), disable=not progress, desc=f"score {prefix}", unit="batch"):
         batch_items = items[start : start + batch_size]
