@@ -90,7 +90,9 @@ class FID(Metric):
     """FID of the generated images (update) against `reference_dir` (statistics cached).
 
     Args:
-        reference_dir: folder of real images (searched recursively).
+        reference_dir: folder of real images (searched recursively); or None with `reference=`.
+        reference: precomputed statistics {"mu", "sigma", "n"} of the same feature extractor (the toy kit
+            ships them), used instead of a folder.
         features: module uint8 (N,3,H,W) -> (N,d); None loads torch-fidelity's InceptionV3.
         feature_name: what the injected features are, for the protocol and the cache key.
         image_size: centre-crop and resize both sides to this square size; None keeps native sizes
@@ -102,29 +104,45 @@ class FID(Metric):
     name = "fid"
     higher_is_better = {"fid": False}
 
-    def __init__(self, reference_dir: str | os.PathLike, *, features: torch.nn.Module | None = None,
+    def __init__(self, reference_dir: str | os.PathLike | None = None, *, reference: dict[str, Any] | None = None,
+                 features: torch.nn.Module | None = None,
                  feature_name: str | None = None, image_size: int | None = None, reference_limit: int | None = None,
                  cache_dir: str | os.PathLike | None = None, batch_size: int = 32, weights_path: str | None = None,
                  offline: bool | None = None) -> None:
         super().__init__()
         from torchmetrics.image.fid import FrechetInceptionDistance
 
+        if (reference_dir is None) == (reference is None):
+            raise ValueError("FID needs exactly one reference: reference_dir=<folder of real images> or "
+                             "reference={'mu', 'sigma', 'n'} precomputed with the same features")
         if features is None:
             features = load_inception(weights_path, offline=offline)
             feature_name = feature_name or INCEPTION
         self.features = features
         self.feature_name = feature_name or f"injected:{type(features).__name__}"
-        self.reference_dir = Path(reference_dir)
+        self.reference_dir = Path(reference_dir) if reference_dir is not None else None
         self.image_size, self.reference_limit, self.batch_size = image_size, reference_limit, batch_size
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         # reset_real_features=False: reset() clears the generated side only; the reference is fixed.
         self._fid = FrechetInceptionDistance(feature=features, reset_real_features=False, normalize=False)
         self._reference: dict[str, Any] | None = None
+        if reference is not None:
+            d = int(getattr(features, "num_features", reference["mu"].shape[-1]))
+            if tuple(reference["mu"].shape) != (d,) or tuple(reference["sigma"].shape) != (d, d):
+                raise ValueError(f"reference statistics have mu {tuple(reference['mu'].shape)} and sigma "
+                                 f"{tuple(reference['sigma'].shape)}, but the features are {d}-d: compute them "
+                                 "with the same feature extractor")
+            self._reference = {"mu": reference["mu"].double(), "sigma": reference["sigma"].double(),
+                               "n": int(reference["n"]), "cache": None, "cached": True,
+                               "folder_fingerprint": "precomputed"}
         self.reset()
 
     @classmethod
-    def for_toy_kit(cls, kit: Any, reference_dir: str | os.PathLike, **kw) -> FID:
+    def for_toy_kit(cls, kit: Any, reference_dir: str | os.PathLike | None = None, **kw) -> FID:
+        """The toy world's features; against a folder if given, else the kit's shipped reference statistics."""
         kw.setdefault("feature_name", "toy kit fid_features")
+        if reference_dir is None:
+            kw.setdefault("reference", kit.fid_reference())
         return cls(reference_dir, features=kit.fid_features, **kw)
 
     def reset(self) -> None:
@@ -201,7 +219,8 @@ class FID(Metric):
 
     def _protocol(self) -> dict[str, Any]:
         ref = self._reference or {}
-        return {"backbone_weights": self.feature_name, "reference_dir": str(self.reference_dir),
+        return {"backbone_weights": self.feature_name,
+                "reference_dir": str(self.reference_dir) if self.reference_dir else "precomputed statistics",
                 "reference_n": ref.get("n"), "reference_fingerprint": ref.get("folder_fingerprint"),
                 "reference_cache": ref.get("cache"), "image_size": self.image_size,
                 "resize": "centre square crop + bicubic" if self.image_size else "native (Inception resizes to 299)",
