@@ -108,7 +108,7 @@ class FID(Metric):
                  features: torch.nn.Module | None = None,
                  feature_name: str | None = None, image_size: int | None = None, reference_limit: int | None = None,
                  cache_dir: str | os.PathLike | None = None, batch_size: int = 32, weights_path: str | None = None,
-                 offline: bool | None = None) -> None:
+                 offline: bool | None = None, device: str = "cpu") -> None:
         super().__init__()
         from torchmetrics.image.fid import FrechetInceptionDistance
 
@@ -124,7 +124,8 @@ class FID(Metric):
         self.image_size, self.reference_limit, self.batch_size = image_size, reference_limit, batch_size
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         # reset_real_features=False: reset() clears the generated side only; the reference is fixed.
-        self._fid = FrechetInceptionDistance(feature=features, reset_real_features=False, normalize=False)
+        self._fid = FrechetInceptionDistance(feature=features, reset_real_features=False, normalize=False).to(device)
+        self.device = device
         self._reference: dict[str, Any] | None = None
         if reference is not None:
             d = int(getattr(features, "num_features", reference["mu"].shape[-1]))
@@ -155,7 +156,7 @@ class FID(Metric):
         with torch.no_grad():
             if isinstance(images, torch.Tensor) and self.image_size is None:
                 for chunk in to_uint8_images(images).split(self.batch_size):
-                    self._fid.update(chunk, real=False)
+                    self._fid.update(chunk.to(self.device), real=False)
             else:
                 _feed_into(self._fid, to_pil_images(images), self.image_size, self.batch_size, real=False)
 
@@ -189,14 +190,14 @@ class FID(Metric):
                                    "cache": str(path), "cached": True, **ident}
                 return self._reference
         files = list_reference_images(self.reference_dir, self.reference_limit)
-        probe = _fresh_like(self._fid)
+        probe = _fresh_like(self._fid).to(self.device)
         with torch.no_grad():
             for i in range(0, len(files), self.batch_size):
                 ims = [Image.open(p) for p in files[i:i + self.batch_size]]
                 _feed_into(probe, ims, self.image_size, self.batch_size, real=True)
         n = int(probe.real_features_num_samples)
-        mu = probe.real_features_sum / n
-        sigma = (probe.real_features_cov_sum - n * torch.outer(mu, mu)) / (n - 1)
+        mu = (probe.real_features_sum / n).cpu()
+        sigma = ((probe.real_features_cov_sum.cpu() - n * torch.outer(mu, mu)) / (n - 1))
         meta = {k: str(v) for k, v in ident.items()}
         meta["versions"] = str(package_versions())
         atomic_write_bytes(path, save({"mu": mu.contiguous(), "sigma": sigma.contiguous(),
@@ -210,11 +211,11 @@ class FID(Metric):
         if n_fake < 2:
             warnings.warn(f"FID needs at least 2 generated images, got {n_fake}: reporting NaN", stacklevel=2)
             return {"fid": float("nan")}
-        mu, n = ref["mu"].double(), ref["n"]
+        mu, n = ref["mu"].double().to(self.device), ref["n"]
         # torchmetrics keeps sufficient statistics (sum, sum of outer products, n): rebuild them from mu/sigma
         self._fid.real_features_sum = mu * n
-        self._fid.real_features_cov_sum = ref["sigma"].double() * (n - 1) + n * torch.outer(mu, mu)
-        self._fid.real_features_num_samples = torch.tensor(n, dtype=torch.long)
+        self._fid.real_features_cov_sum = ref["sigma"].double().to(self.device) * (n - 1) + n * torch.outer(mu, mu)
+        self._fid.real_features_num_samples = torch.tensor(n, dtype=torch.long, device=self.device)
         return {"fid": float(self._fid.compute())}
 
     def _protocol(self) -> dict[str, Any]:
@@ -242,4 +243,4 @@ def _feed_into(fid, images: list[Image.Image], size: int | None, batch_size: int
         by_size.setdefault(im.size, []).append(im)
     for group in by_size.values():
         for i in range(0, len(group), batch_size):
-            fid.update(to_uint8_images(group[i:i + batch_size]), real=real)
+            fid.update(to_uint8_images(group[i:i + batch_size]).to(fid.device), real=real)

@@ -40,7 +40,7 @@ class TorchmetricsLPIPS:
         return self.metric.net(x0, x1, normalize=True).reshape(-1)
 
 
-def load_lpips_alexnet(*, offline: bool | None = None) -> TorchmetricsLPIPS:
+def load_lpips_alexnet(*, offline: bool | None = None, device: str = "cpu") -> TorchmetricsLPIPS:
     """torchmetrics LPIPS (net_type="alex"). Its AlexNet comes from the torch hub cache (TORCH_HOME),
     downloaded unless offline; the linear heads ship inside torchmetrics."""
     from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
@@ -53,7 +53,7 @@ def load_lpips_alexnet(*, offline: bool | None = None) -> TorchmetricsLPIPS:
     except Exception as err:
         raise WeightsUnavailableError(f"could not build torchmetrics LPIPS(alex): {err}; check that "
                                       f"{url.rsplit('/', 1)[-1]} in $TORCH_HOME/hub/checkpoints is intact") from err
-    return TorchmetricsLPIPS(metric.eval())
+    return TorchmetricsLPIPS(metric.eval().to(device))
 
 
 class FeatureLPIPS(torch.nn.Module):
@@ -73,7 +73,7 @@ class FeatureLPIPS(torch.nn.Module):
     def forward(self, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
         f0, f1 = self.features(2 * x0 - 1), self.features(2 * x1 - 1)
         f0, f1 = (f0, f1) if isinstance(f0, (list, tuple)) else ([f0], [f1])
-        total = torch.zeros(x0.shape[0])
+        total = torch.zeros(x0.shape[0])  # on the CPU whatever device the features run on
         for k, (a, b) in enumerate(zip(f0, f1)):
             a = a / torch.sqrt((a**2).sum(1, keepdim=True) + 1e-10)
             b = b / torch.sqrt((b**2).sum(1, keepdim=True) + 1e-10)
@@ -103,13 +103,13 @@ class LPIPSMetric(Metric):
 
     def __init__(self, target: str, *, distance: Callable | None = None, weights: str | None = None,
                  reference_dir: str | os.PathLike | None = None, batch_size: int = 16,
-                 offline: bool | None = None) -> None:
+                 offline: bool | None = None, device: str = "cpu") -> None:
         super().__init__()
         self.reference_dir = Path(reference_dir) if reference_dir is not None else None
         if distance is None:
-            distance = load_lpips_alexnet(offline=offline)
+            distance = load_lpips_alexnet(offline=offline, device=device)
             weights = weights or LPIPS_WEIGHTS
-        self.target, self.distance, self.batch_size = str(target), distance, batch_size
+        self.target, self.distance, self.batch_size, self.device = str(target), distance, batch_size, device
         self.weights = weights or f"injected:{type(distance).__name__}"
         self.higher_is_better = {"lpips_erased": True, "lpips_others": False, "lpips/": False,
                                  f"lpips/{self.target}": True}
@@ -130,7 +130,7 @@ class LPIPSMetric(Metric):
             raise ValueError(f"edited images {tuple(edited.shape)} and originals {tuple(original.shape)} differ in "
                              "shape: generate both at the same size")
         self._seen(images)
-        dists = torch.cat([torch.as_tensor(self.distance(o, e)).reshape(-1).float().cpu()
+        dists = torch.cat([torch.as_tensor(self.distance(o.to(self.device), e.to(self.device))).reshape(-1).float().cpu()
                            for o, e in zip(original.split(self.batch_size), edited.split(self.batch_size))])
         for it, d in zip(items, dists.tolist()):
             key = normalize_name(it.label)
