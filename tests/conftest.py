@@ -51,3 +51,12 @@ def tiny_pipe_dir(tmp_path_factory, tiny_pipe_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny-sd")
     tiny_pipe_factory(0).save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def micro_kit(tmp_path_factory):
+    """A toy kit trained with the "micro" recipe (seconds) into a tmp dir: real pipeline folder, classifier,
+    open_clip CLIP and FID features, with the same API as the committed kit (cad.toy.kit.load_kit)."""
+    from cad.toy.kit import train_kit
+
+    return train_kit(tmp_path_factory.mktemp("toy-kit") / "kit", "micro", progress=False, measure=False)

@@ -52,7 +52,7 @@ def train_vae(vae, images: torch.Tensor, *, steps: int, batch: int, lr: float, k
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
     vae.eval().requires_grad_(False)
-    return {"final_loss": float(loss)}
+    return {"final_loss": loss.item()}
 
 
 @torch.no_grad()
@@ -149,7 +149,7 @@ def train_denoiser(unet, text_encoder, tokenizer, noise_scheduler, latent_mean: 
             p.copy_(e)
     for m in modules:
         m.eval().requires_grad_(False)
-    return {"final_loss": float(loss)}
+    return {"final_loss": loss.item()}
 
 
 def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -182,7 +182,7 @@ def train_classifier(classifier, images: torch.Tensor, recon: torch.Tensor, labe
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
     classifier.eval().requires_grad_(False)
-    return {"final_loss": float(loss)}
+    return {"final_loss": loss.item()}
 
 
 def train_clip(model, tokenize, images: torch.Tensor, labels: np.ndarray, *, steps: int, batch: int, lr: float,
@@ -218,4 +218,4 @@ def train_clip(model, tokenize, images: torch.Tensor, labels: np.ndarray, *, ste
             model.logit_scale.clamp_(0, math.log(100))
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
     model.eval().requires_grad_(False)
-    return {"final_loss": float(loss)}
+    return {"final_loss": loss.item()}

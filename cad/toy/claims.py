@@ -1,0 +1,159 @@
+"""The paper's claims on the toy world (issue 3, item 6), as plain functions over a kit.
+
+- erase_sweep: CAD-Erase of one concept over a ratio sweep, with the random-ablation control at each ratio
+  (same count of ff weights per tensor), scored by the kit's classifier on "a {concept}" prompts.
+- amplify_claim: a weakly rendered concept (the model after a small CAD-Erase of it) and CAD-Amplify
+  (zero the top negative alpha of J_amplify on rendered images of the concept) on top of it.
+- fidelity: the paper's Fig. 2 -- over random ablations of ff weights, predicted change of J_erase
+  (-sum of the ablated alpha) against the measured change on the same x_t.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+import cad
+from cad.toy.quality import concept_accuracy, concept_prompt, predict, sample
+from cad.toy.render import render_dataset
+from cad.toy.world import KINDS, kind_of
+
+
+@dataclass(frozen=True)
+class ClaimsConfig:
+    concepts: tuple[str, ...] = ("circle", "striped", "red")
+    ratios: tuple[float, ...] = (0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.3)
+    granularity: str = "row"
+    seeds: int = 32  # generated images per prompt
+    attr_steps: int = 20
+    attr_samples: int = 2
+    steps: int = 20
+    guidance: float = 4.0
+    random_seed: int = 1
+    amplify_concept: str = "circle"
+    amplify_ratios: tuple[float, ...] = (0.02, 0.04, 0.07, 0.1)
+    amplify_images: int = 16
+    weak_target: float = 0.6  # the weak model: the smallest erase ratio taking accuracy below this
+    fidelity_n: int = 200
+    fidelity_fractions: tuple[float, float] = (0.002, 0.05)  # log-uniform share of ff weights per ablation
+    fidelity_steps: int = 20
+    bar_target: float = 0.10
+    bar_others_drop: float = 0.10
+    bar_random_drop: float = 0.10
+    bar_amplify_gain: float = 0.20
+
+
+def kind_accuracies(pipe, classifier, kind: str, cfg: ClaimsConfig, edit=None) -> tuple[dict, torch.Tensor]:
+    """Accuracy of every concept of `kind` on its own prompt ("a circle", ...), and the images made."""
+    values = KINDS[kind]
+    prompts = [concept_prompt(v) for v in values for _ in range(cfg.seeds)]
+    seeds = [s for _ in values for s in range(cfg.seeds)]
+    if edit is None:
+        images = sample(pipe, prompts, seeds, steps=cfg.steps, guidance=cfg.guidance)
+    else:
+        with edit.applied(pipe):
+            images = sample(pipe, prompts, seeds, steps=cfg.steps, guidance=cfg.guidance)
+    pred = predict(classifier, images)[kind]
+    acc = {v: float((pred[i * cfg.seeds : (i + 1) * cfg.seeds] == i).mean()) for i, v in enumerate(values)}
+    return acc, images
+
+
+def _split(acc: dict, concept: str) -> tuple[float, float]:
+    others = [a for c, a in acc.items() if c != concept]
+    return acc[concept], float(np.mean(others))
+
+
+def erase_sweep(pipe, classifier, concept: str, cfg: ClaimsConfig, progress: bool = False) -> dict:
+    """CAD-Erase of `concept` at every ratio of cfg.ratios, with the random control; images for a grid."""
+    kind = kind_of(concept)
+    scores = cad.attribute(pipe, concept_prompt(concept), objective="erase", steps=cfg.attr_steps,
+                           guidance=cfg.guidance, num_samples=cfg.attr_samples, seed=0, progress=progress)
+    base_acc, base_img = kind_accuracies(pipe, classifier, kind, cfg)
+    t0, o0 = _split(base_acc, concept)
+    rows, grids = [], {"base": base_img}
+    for ratio in cfg.ratios:
+        edit = cad.Edit.from_scores(scores, ratio, sign="positive", granularity=cfg.granularity)
+        control = cad.Edit.random_like(edit, seed=cfg.random_seed)
+        acc, img = kind_accuracies(pipe, classifier, kind, cfg, edit)
+        racc, _ = kind_accuracies(pipe, classifier, kind, cfg, control)
+        t, o = _split(acc, concept)
+        rt, ro = _split(racc, concept)
+        grids[ratio] = img
+        rows.append({"ratio": ratio, "n_ablated": edit.n_ablated, "fraction": edit.fraction, "target": t,
+                     "others": o, "random_target": rt, "random_others": ro, "per_concept": acc,
+                     # vacuous when the unedited model never rendered the concept
+                     "passes": t0 > cfg.bar_target and t <= cfg.bar_target and o0 - o <= cfg.bar_others_drop
+                     and t0 - rt <= cfg.bar_random_drop})
+    return {"concept": concept, "kind": kind, "base_target": t0, "base_others": o0, "base_per_concept": base_acc,
+            "rows": rows, "passes": any(r["passes"] for r in rows), "scores": scores, "images": grids}
+
+
+def amplify_claim(pipe, classifier, erase: dict, cfg: ClaimsConfig, progress: bool = False) -> dict:
+    """Weaken the concept with the smallest erase ratio that takes it below cfg.weak_target, then zero the top
+    negative alpha of J_amplify (computed on the weakened model, on rendered images of the concept)."""
+    concept = erase["concept"]
+    kind = kind_of(concept)
+    weak_rows = [r for r in erase["rows"] if r["target"] < cfg.weak_target] or erase["rows"][:1]
+    weak_ratio = weak_rows[0]["ratio"]
+    weak = cad.Edit.from_scores(erase["scores"], weak_ratio, sign="positive", granularity=cfg.granularity)
+    images = torch.from_numpy(render_dataset(cfg.amplify_images, seed=4242, **{kind: concept}).images)
+    prompt = concept_prompt(concept)
+    with weak.applied(pipe):
+        weak_acc, weak_img = kind_accuracies(pipe, classifier, kind, cfg)
+        amp = cad.attribute(pipe, prompt, objective="amplify", images=images, steps=cfg.attr_steps,
+                            num_samples=1, seed=0, progress=progress)
+    rows, best = [], None
+    for ratio in cfg.amplify_ratios:
+        edit = cad.Edit.union(weak, cad.Edit.from_scores(amp, ratio, sign="negative", granularity=cfg.granularity))
+        acc, img = kind_accuracies(pipe, classifier, kind, cfg, edit)
+        row = {"ratio": ratio, "n_ablated_total": edit.n_ablated, "target": acc[concept],
+               "others": _split(acc, concept)[1], "images": img}
+        rows.append(row)
+        if best is None or row["target"] > best["target"]:
+            best = row
+    gain = best["target"] - weak_acc[concept]
+    return {"concept": concept, "weak_erase_ratio": weak_ratio, "weak_target": weak_acc[concept],
+            "rows": [{k: v for k, v in r.items() if k != "images"} for r in rows], "best_ratio": best["ratio"],
+            "best_target": best["target"], "gain": gain, "passes": gain >= cfg.bar_amplify_gain,
+            "images": {"weak": weak_img, "amplified": best["images"]}}
+
+
+def fidelity(pipe, concept: str, cfg: ClaimsConfig, progress: bool = False) -> dict:
+    """Pearson r between predicted (-sum alpha) and measured change of J_erase over random ff ablations,
+    J measured on the unedited model's x_t (the quantity the attribution linearises)."""
+    from scipy.stats import pearsonr
+    from tqdm.auto import tqdm
+
+    from cad.objectives import erase_trajectory
+
+    prompt = concept_prompt(concept)
+    kw = dict(steps=cfg.fidelity_steps, guidance=cfg.guidance, num_samples=1, seed=0)
+    scores = cad.attribute(pipe, prompt, objective="erase", progress=False, **kw)
+    traj = erase_trajectory(pipe, prompt, **kw)
+    j0 = cad.measure_erase_objective(pipe, prompt, trajectory=traj, **kw)
+    rng = np.random.default_rng(cfg.random_seed)
+    lo, hi = np.log(cfg.fidelity_fractions[0]), np.log(cfg.fidelity_fractions[1])
+    predicted, measured, fractions = [], [], []
+    for i in tqdm(range(cfg.fidelity_n), desc="fidelity", disable=not progress, leave=False):
+        frac = float(np.exp(rng.uniform(lo, hi)))
+        g = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        masks = {n: torch.rand(s.shape, generator=g) < frac for n, s in scores.scores.items()}
+        edit = cad.Edit(masks, {"kind": "random", "fidelity_sample": i})
+        predicted.append(scores.predicted_change(masks))
+        measured.append(cad.measure_erase_objective(pipe, prompt, trajectory=traj, edit=edit, **kw) - j0)
+        fractions.append(frac)
+    r, p = pearsonr(predicted, measured)
+    return {"concept": concept, "n": cfg.fidelity_n, "pearson_r": float(r), "p_value": float(p), "J0": j0,
+            "predicted": predicted, "measured": measured, "fractions": fractions, "paper_r_sd14": 0.506}
+
+
+def config_dict(cfg: ClaimsConfig) -> dict:
+    return asdict(cfg)
+
+
+def concept_accuracy_of(pipe, classifier, concept: str, cfg: ClaimsConfig) -> float:
+    prompts = [concept_prompt(concept)] * cfg.seeds
+    return concept_accuracy(classifier, sample(pipe, prompts, list(range(cfg.seeds)), steps=cfg.steps,
+                                               guidance=cfg.guidance), concept)
