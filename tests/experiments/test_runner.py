@@ -1,0 +1,95 @@
+"""The runner end to end on the micro toy kit: main job, reuse across a sweep, fidelity, the CLI multirun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from evaluation.report import load_results, markdown_tables
+from experiments import repo_root
+from experiments.config import compose_config
+from experiments.run import run_from_config
+
+# Micro size: the micro kit samples with 3 steps; 2 items per class keeps every variant a few seconds.
+MICRO = ["model.steps=3", "model.guidance=4.0", "generation.per_label=2", "generation.batch_size=12"]
+
+
+@pytest.fixture()
+def toy(micro_kit, outputs, monkeypatch):
+    monkeypatch.setenv("CAD_TOY_KIT", str(micro_kit.path))
+    return outputs
+
+
+def _pngs(folder):
+    return {p.name: p.stat().st_mtime_ns for p in sorted(folder.glob("*.png"))}
+
+
+def test_main_job_and_sweep_reuse(toy, tmp_path):
+    cfg = compose_config(MICRO + ["method.ratio=0.02"])
+    first = run_from_config(cfg, tmp_path / "run1")
+    assert not first["attribution_reused"]
+    assert set(first["metrics"]) == {"original", "edited", "random-0"}
+    for values in first["metrics"].values():
+        assert 0.0 <= values["toy_objects/acc_target"] <= 1.0 and 0.0 <= values["toy_objects/acc_others"] <= 1.0
+    written = json.loads((tmp_path / "run1" / "metrics.json").read_text())
+    assert written["run"]["concept"] == "circle" and written["edits"]["edited"]["n_ablated"] > 0
+    assert written["edits"]["edited"]["n_ablated"] == written["edits"]["random-0"]["n_ablated"]
+    images = {k: toy.joinpath(v) for k, v in written["images"]["toy_objects@v1"].items()}
+    assert len(_pngs(images["original"])) == 12  # 6 shapes x 2
+    before = _pngs(images["original"])
+    scores = toy.joinpath(written["run"]["scores_path"], "scores.safetensors").stat().st_mtime_ns
+
+    second = run_from_config(compose_config(MICRO + ["method.ratio=0.05"]), tmp_path / "run2")
+    assert second["attribution_reused"] and second["run"]["scores_path"] == first["run"]["scores_path"]
+    assert toy.joinpath(second["run"]["scores_path"], "scores.safetensors").stat().st_mtime_ns == scores
+    assert second["images"]["toy_objects@v1"]["original"] == str(images["original"])
+    assert _pngs(images["original"]) == before  # the unedited images were reused, not re-rendered
+    assert second["images"]["toy_objects@v1"]["edited"] != str(images["edited"])
+    assert second["metrics"]["original"] == first["metrics"]["original"]
+
+    rows = load_results(toy / "results.jsonl")
+    assert len(rows) == 2 * 3 * len([k for k in first["metrics"]["edited"]])
+    r = next(r for r in rows if r["variant"] == "edited" and r["metric"] == "toy_objects/acc_target")
+    assert r["benchmark"] == "toy_objects@v1" and r["higher_is_better"] is False and r["edit_fingerprint"]
+    assert {"steps", "guidance", "scheduler", "seeds", "resolution", "backbones", "versions"} <= set(r["protocol"])
+    assert r["protocol"]["steps"] == 3 and r["scores_path"]
+    assert "cad_erase@0.05" in markdown_tables(rows)
+
+
+def test_toy_twin_of_nudity_erasure(toy, tmp_path):
+    cfg = compose_config(MICRO + ["experiment=nudity_erasure", "method.controls=[]"])
+    out = run_from_config(cfg, tmp_path / "run")
+    assert out["run"]["concept"] == "magenta"  # nudity's toy stand-in
+    keys = set(out["metrics"]["edited"])
+    assert {"toy_colors/acc_target", "toy_colors/acc_others", "toy_objects/acc_mean"} <= keys
+
+
+def test_fidelity_task(toy, tmp_path):
+    cfg = compose_config(["model.steps=3", "model.guidance=4.0", "experiment=fidelity", "fidelity.n_ablations=4",
+                          "fidelity.ratios=[0.01,0.05]"])
+    out = run_from_config(cfg, tmp_path / "run")
+    assert -1.0 <= out["metrics"]["random"]["fidelity/pearson_r"] <= 1.0
+    points = json.loads((tmp_path / "run" / "fidelity_points.json").read_text())["points"]
+    assert len(points) == 4 and {p["ratio"] for p in points} == {0.01, 0.05}
+    assert (tmp_path / "run" / "fidelity_scatter.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_cli_multirun(micro_kit, tmp_path):
+    env = {**os.environ, "CAD_OUTPUTS": str(tmp_path / "out"), "CAD_TOY_KIT": str(micro_kit.path)}
+    cmd = [sys.executable, "-m", "experiments.run", "-m", "method.ratio=0.02,0.05", *MICRO]
+    proc = subprocess.run(cmd, cwd=repo_root(), env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "toy_objects/acc_target" in proc.stdout and "random-0" in proc.stdout
+    jobs = sorted((tmp_path / "out" / "multirun").glob("*/*/[0-9]"))
+    assert len(jobs) == 2
+    for job in jobs:
+        assert (job / "metrics.json").is_file() and (job / "config.yaml").is_file() and (job / ".hydra").is_dir()
+    reused = [json.loads((j / "metrics.json").read_text())["attribution_reused"] for j in jobs]
+    assert reused == [False, True]
+    rows = load_results(tmp_path / "out" / "results.jsonl")
+    assert len([r for r in rows if r["metric"] == "toy_objects/acc_target"]) == 2 * 3  # 2 points x 3 variants
