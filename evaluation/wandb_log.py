@@ -128,6 +128,8 @@ def make_logger(spec: Mapping[str, Any] | None, *, config: Mapping[str, Any] | N
         return NullLogger()
     if name != "wandb":
         raise ValueError(f"unknown logger {name!r}; use logger=none or logger=wandb")
-    return WandbLogger(project=spec.get("project") or "cad", config=config, entity=spec.get("entity"),
-                       group=spec.get("group"), tags=spec.get("tags") or (), mode=spec.get("mode"),
-                       dir=spec.get("dir"), run_name=run_name, job_type=spec.get("job_type"))
+    logger = WandbLogger(project=spec.get("project") or "cad", config=config, entity=spec.get("entity"),
+                         group=spec.get("group"), tags=spec.get("tags") or (), mode=spec.get("mode"),
+                         dir=spec.get("dir"), run_name=run_name, job_type=spec.get("job_type"))
+    logger.n_images = int(spec.get("log_images", 8))  # images per original-vs-edited grid
+    return logger
