@@ -60,12 +60,19 @@ def test_main_job_and_sweep_reuse(toy, tmp_path):
     assert "cad_erase@0.05" in markdown_tables(rows)
 
 
-def test_toy_twin_of_nudity_erasure(toy, tmp_path):
-    cfg = compose_config(MICRO + ["experiment=nudity_erasure", "method.controls=[]"])
+def test_toy_twin_of_nudity_erasure_logged_to_wandb(toy, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # no API key here: the logger must go offline
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    cfg = compose_config(MICRO + ["experiment=nudity_erasure", "method.controls=[]", "logger=wandb"])
     out = run_from_config(cfg, tmp_path / "run")
     assert out["run"]["concept"] == "magenta"  # nudity's toy stand-in
     keys = set(out["metrics"]["edited"])
     assert {"toy_colors/acc_target", "toy_colors/acc_others", "toy_objects/acc_mean"} <= keys
+    (run_dir,) = (toy / "wandb" / "wandb").glob("offline-run-*")
+    grids = sorted(p.parent.name + "/" + p.name.split("_")[0] for p in run_dir.glob("files/media/images/grid/*.png"))
+    assert grids == ["grid/toy", "grid/toy"]  # toy_colors and toy_objects grids
+    assert list(run_dir.glob("files/media/table/results_*.table.json"))
 
 
 def test_fidelity_task(toy, tmp_path):
