@@ -8,7 +8,8 @@
    random weights and random scores (148.7 M ff weights), beside the reference's per-row argsort.
 
 Environment: CAD_BENCH_THREADS (torch threads; default torch's own), CAD_BENCH_MID_LATENT (mid-size
-latent side, default 16; 32 is the issue's example and costs about 4x more), CAD_BENCH_STEPS (50).
+latent side, default 16; 32 is the issue's example and costs about 4x more), CAD_BENCH_STEPS (50),
+CAD_BENCH_DEVICE (default "cpu"; "cuda" runs everything on the GPU).
 """
 
 from __future__ import annotations
@@ -66,18 +67,18 @@ def naive_argsort_masks(scores: dict, ratio: float) -> dict:
     return out
 
 
-def bench_sd14(ratio: float = 0.01) -> None:
+def bench_sd14(ratio: float = 0.01, device: str = "cpu") -> None:
     from cad import Edit, get_space, select_components
 
     start = time.perf_counter()
-    unet = sd14_unet()
+    unet = sd14_unet().to(device)
     params = get_space("ff").select(unet)
     n_all = sum(p.numel() for p in unet.parameters())
     n_ff = sum(p.numel() for p in params.values())
     _row("SD 1.4 UNet: params / ff tensors / ff weights",
          f"{n_all / 1e6:.1f} M / {len(params)} / {n_ff / 1e6:.1f} M (built in {time.perf_counter() - start:.0f} s)")
     gen = torch.Generator().manual_seed(1)
-    scores = {n: torch.randn(p.shape, generator=gen) for n, p in params.items()}
+    scores = {n: torch.randn(p.shape, generator=gen).to(device) for n, p in params.items()}
 
     start = time.perf_counter()
     masks = select_components(scores, ratio, "positive", "row")
@@ -109,13 +110,14 @@ def main() -> None:
         torch.set_num_threads(int(threads))
     steps = int(os.environ.get("CAD_BENCH_STEPS", 50))
     mid_latent = int(os.environ.get("CAD_BENCH_MID_LATENT", 16))
+    device = os.environ.get("CAD_BENCH_DEVICE", "cpu")
     ROWS.clear()
-    print(f"torch threads: {torch.get_num_threads()}, steps: {steps}")
-    bench_estimators("tiny (32, 64) @16x16", build_tiny_pipeline(0, image_size=32), steps)
+    print(f"device: {device}, torch threads: {torch.get_num_threads()}, steps: {steps}")
+    bench_estimators("tiny (32, 64) @16x16", build_tiny_pipeline(0, image_size=32).to(device), steps)
     mid = build_tiny_pipeline(0, image_size=2 * mid_latent, unet_channels=(128, 256, 512), text_hidden=64)
-    bench_estimators(f"mid (128, 256, 512) @{mid_latent}x{mid_latent}", mid, steps)
+    bench_estimators(f"mid (128, 256, 512) @{mid_latent}x{mid_latent}", mid.to(device), steps)
     del mid
-    bench_sd14()
+    bench_sd14(device=device)
     print("\nsummary (bench_core)")
     print("-" * 100)
     for label, value in ROWS:
