@@ -18,6 +18,7 @@ from .pipeline import (
     directions,
     generate_cached,
     protocol_of,
+    run_id_of,
     score_folder,
     timed,
     write_metrics,
@@ -69,7 +70,7 @@ def run_erase_eval(cfg: dict, run_dir: str | Path, *, logger=None, run_id: str |
     sharded = int(gen.get("num_shards", 1)) > 1
     goal = "amplify" if method.get("objective") == "amplify" else "erase"
     device = resolve_device(cfg.get("device", "auto"))
-    run = {"run_id": run_id or run_dir.name, "experiment": cfg.get("experiment_name"), "model": loaded.key,
+    run = {"run_id": run_id or run_id_of(run_dir, outputs), "experiment": cfg.get("experiment_name"), "model": loaded.key,
            "concept": concept["name"], "method": method["name"], "ratio": float(method["ratio"]),
            "sign": method["sign"], "granularity": method["granularity"],
            "scores_path": str(scores_dir) if scores_dir else None}
@@ -95,8 +96,7 @@ def run_erase_eval(cfg: dict, run_dir: str | Path, *, logger=None, run_id: str |
                               directions=directions(metrics, results, bench.name),
                               protocol=protocol_of(model, gen, bench, proto, loaded),
                               edit_fingerprint=None if e is None else e.fingerprint)
-        if logger is not None:
-            _log_grid(logger, bench, folders)
+        _log_grid(logger, bench, folders, run_dir)
     write_metrics(run_dir, payload)
     if rows:
         append_rows(outputs / "results.jsonl", rows)
@@ -112,15 +112,17 @@ def _edit_info(edit) -> dict:
     return {"fingerprint": edit.fingerprint, "n_ablated": int(edit.n_ablated), "fraction": float(edit.fraction)}
 
 
-def _log_grid(logger, bench, folders: dict[str, Path]) -> None:
+def _log_grid(logger, bench, folders: dict[str, Path], run_dir: Path) -> None:
+    """Original / edited / control rows on the same prompts and seeds: grid_<benchmark>.png in the run folder."""
     from evaluation.report import image_grid
 
     try:
-        grid = image_grid(folders, n=getattr(logger, "n_images", 8))
+        grid = image_grid(folders, run_dir / f"grid_{bench.name}.png", n=getattr(logger, "n_images", 8))
     except (FileNotFoundError, ValueError) as err:
         log.warning("no image grid for %s: %s", bench.key, err)
         return
-    logger.log_image(f"grid/{bench.name}", grid, caption=" / ".join(folders))
+    if logger is not None:
+        logger.log_image(f"grid/{bench.name}", grid, caption=" / ".join(folders))
 
 
 def summary_lines(payload: dict) -> list[str]:

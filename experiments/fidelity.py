@@ -15,7 +15,7 @@ from pathlib import Path
 from cad.io import atomic_write_bytes, atomic_write_json
 
 from .models import load_model
-from .pipeline import attribute_cached, timed, write_metrics
+from .pipeline import attribute_cached, run_id_of, timed, write_metrics
 from .results import append_rows, make_rows
 from .validate import ConfigError, check_run
 
@@ -100,7 +100,7 @@ def run_fidelity(cfg: dict, run_dir: str | Path, *, logger=None) -> dict:
     r = pearson([p["predicted"] for p in points], [p["measured"] for p in points])
     plot = scatter_png(points, r, run_dir / "fidelity_scatter.png", f"{loaded.key} · {concept['name']}")
     atomic_write_json(run_dir / "fidelity_points.json", {"base_objective": base, "points": points})
-    run = {"run_id": run_dir.name, "experiment": cfg.get("experiment_name"), "model": loaded.key,
+    run = {"run_id": run_id_of(run_dir, outputs), "experiment": cfg.get("experiment_name"), "model": loaded.key,
            "concept": concept["name"], "method": "random_ablation", "ratio": None, "sign": "positive",
            "granularity": method.get("granularity", "row"), "scores_path": str(scores_dir)}
     metrics = {"fidelity/pearson_r": r, "fidelity/n_ablations": float(n)}

@@ -162,5 +162,13 @@ def timed(label: str):
     return _T()
 
 
+def run_id_of(run_dir: Path, outputs: Path) -> str:
+    """A unique run id: the run folder relative to the outputs root ("multirun/<date>/<time>/3")."""
+    try:
+        return str(Path(run_dir).resolve().relative_to(Path(outputs).resolve()))
+    except ValueError:
+        return str(Path(run_dir).resolve())
+
+
 def write_metrics(run_dir: Path, payload: dict) -> Path:
     return atomic_write_json(run_dir / "metrics.json", payload)

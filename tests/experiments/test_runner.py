@@ -37,6 +37,8 @@ def test_main_job_and_sweep_reuse(toy, tmp_path):
         assert 0.0 <= values["toy_objects/acc_target"] <= 1.0 and 0.0 <= values["toy_objects/acc_others"] <= 1.0
     written = json.loads((tmp_path / "run1" / "metrics.json").read_text())
     assert written["run"]["concept"] == "circle" and written["edits"]["edited"]["n_ablated"] > 0
+    assert written["run"]["run_id"] == str(tmp_path / "run1")  # outside the outputs root: the absolute folder
+    assert (tmp_path / "run1" / "grid_toy_objects.png").is_file()  # original / edited / random rows
     assert written["edits"]["edited"]["n_ablated"] == written["edits"]["random-0"]["n_ablated"]
     images = {k: toy.joinpath(v) for k, v in written["images"]["toy_objects@v1"].items()}
     assert len(_pngs(images["original"])) == 12  # 6 shapes x 2
@@ -96,7 +98,8 @@ def test_cli_multirun(micro_kit, tmp_path):
     assert len(jobs) == 2
     for job in jobs:
         assert (job / "metrics.json").is_file() and (job / "config.yaml").is_file() and (job / ".hydra").is_dir()
-    reused = [json.loads((j / "metrics.json").read_text())["attribution_reused"] for j in jobs]
-    assert reused == [False, True]
+    payloads = [json.loads((j / "metrics.json").read_text()) for j in jobs]
+    assert [p["attribution_reused"] for p in payloads] == [False, True]
+    assert payloads[1]["run"]["run_id"].startswith("multirun/") and payloads[1]["run"]["run_id"].endswith("/1")
     rows = load_results(tmp_path / "out" / "results.jsonl")
     assert len([r for r in rows if r["metric"] == "toy_objects/acc_target"]) == 2 * 3  # 2 points x 3 variants
