@@ -28,6 +28,9 @@ def build_metrics(names, *, benchmark, concept: dict, goal: str, kit: Any = None
 
     out: dict[str, Any] = {}
     labels = benchmark.labels
+    # The toy kit's evaluators are tiny CPU modules (load_kit keeps them there): score toy images on the CPU
+    # whatever device generates them.
+    toy_device = "cpu"
     for name in names:
         if name == "classifier_accuracy":
             if kit is not None:
@@ -39,12 +42,12 @@ def build_metrics(names, *, benchmark, concept: dict, goal: str, kit: Any = None
                 # On a benchmark of another kind (a shape benchmark while erasing a style) there is no target
                 # class: score it for retention with the first class as a placeholder target.
                 target = concept["label"] if concept["label"] in KINDS[kind] else KINDS[kind][0]
-                out[name] = ClassifierAccuracy.for_toy_kit(kit, target, goal=goal, device=device)
+                out[name] = ClassifierAccuracy.for_toy_kit(kit, target, goal=goal, device=toy_device)
             else:
                 target = concept["label"] if concept["label"] in labels else labels[0]
                 out[name] = ClassifierAccuracy(target, goal=goal, device=device)
         elif name == "clip_score":
-            out[name] = ClipScore.for_toy_kit(kit, device=device) if kit is not None else ClipScore(device=device)
+            out[name] = ClipScore.for_toy_kit(kit, device=toy_device) if kit is not None else ClipScore(device=device)
         elif name == "fid":
             ref = fid_reference or (benchmark.meta or {}).get("fid_reference")
             if not ref:
