@@ -20,6 +20,7 @@ from cad.objectives import (
     amplify_objective,
     concept_latents,
     erase_objective,
+    erase_reference,
     measure_amplify_objective,
     measure_erase_objective,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "count_ablated",
     "enable_only",
     "erase_objective",
+    "erase_reference",
     "export_edited_pipeline",
     "get_space",
     "load_pipeline",

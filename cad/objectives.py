@@ -14,9 +14,11 @@ scores are alpha_i = w_i * dJ/dw_i, the first-order estimate of J(w) - J(w with 
 Both are summed over timesteps and averaged over samples (trajectories, or images x noise draws), so a
 value does not grow with K. Squared norms and gradients are computed in float32 whatever the model dtype.
 
-Measurement uses exactly the attribution's x_t and eps for a fixed seed: for erase, the x_t of the
-*unedited* model's trajectory (passed in as `trajectory`), so J(edited) - J(original) is the change that
-the first-order sum of ablated alphas predicts, with no trajectory drift mixed in.
+Measurement uses exactly the attribution's x_t and eps for a fixed seed. For erase, both the x_t of the
+*unedited* model's trajectory and its base-prompt predictions sg(eps(x_t, t, c_base)) are held fixed (an
+`erase_reference`): the stop-gradient makes the base prediction a constant target in the attribution, so
+the edited model is measured against that same target. J(edited) - J(original) is then the change the
+first-order sum of ablated alphas linearises, with neither trajectory drift nor a moving target mixed in.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class ObjectiveResult:
     unet_calls: int
     terms: list[float] = field(default_factory=list)
     trajectory: list[torch.Tensor] | None = None
+    targets: list[torch.Tensor] | None = None
 
 
 def ddim_schedule(pipe, steps: int):
@@ -88,14 +91,16 @@ def new_buffers(params: dict | None) -> dict[str, torch.Tensor] | None:
     return {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in params.items()}
 
 
-def erase_term(unet, sched, x, t, cond, base, params, acc):
-    """One step's || eps(x,t,c) - sg(eps(x,t,c_base)) ||^2 (mean over the batch); 2 UNet calls.
+def erase_term(unet, sched, x, t, cond, base, params, acc, eps_base=None):
+    """One step's || eps(x,t,c) - sg(eps(x,t,c_base)) ||^2 (mean over the batch); 2 UNet calls, or 1 when
+    the base prediction `eps_base` is given (a fixed target from a reference pass).
 
     Returns (term, eps_cond detached, eps_base) so a trajectory can reuse both epsilons for its CFG step.
     """
     inp = sched.scale_model_input(x, t)
-    with torch.no_grad():
-        eps_base = unet(inp, t, encoder_hidden_states=base).sample
+    if eps_base is None:
+        with torch.no_grad():
+            eps_base = unet(inp, t, encoder_hidden_states=base).sample
     with torch.set_grad_enabled(params is not None):
         eps_cond = unet(inp, t, encoder_hidden_states=cond).sample
         term = (eps_cond.float() - eps_base.float()).pow(2).flatten(1).sum(1).mean()
@@ -113,14 +118,15 @@ def guided_step(unet, sched, x, t, cond, uncond, guidance: float):
 
 def erase_objective(pipe, prompt: str, *, base_prompt: str = "", negative_prompt: str = "", steps: int = 50,
                     guidance: float = 3.0, num_samples: int = 1, seed: int = 0, params: dict | None = None,
-                    trajectory: list[torch.Tensor] | None = None, height=None, width=None,
-                    progress: bool = False) -> ObjectiveResult:
+                    trajectory: list[torch.Tensor] | None = None, targets: list[torch.Tensor] | None = None,
+                    height=None, width=None, progress: bool = False) -> ObjectiveResult:
     """J_erase along K guided trajectories run as one batch (the `trajectory` estimator when params are given).
 
     At each step the gradient pass on the target prompt also supplies the conditional eps of the CFG step,
     and the base-prompt eps doubles as the unconditional eps when base_prompt == negative_prompt, so a
     pass costs 2 UNet calls per step (3 otherwise). With `trajectory` (the x_t of an earlier pass), J is
-    evaluated on those latents and nothing is sampled.
+    evaluated on those latents and nothing is sampled; with `targets` too (that pass's base predictions),
+    the base prompt is not re-evaluated either (1 call per step). The result carries both lists.
     """
     unet, k = pipe.unet, num_samples
     sched = ddim_schedule(pipe, steps)
@@ -129,14 +135,18 @@ def erase_objective(pipe, prompt: str, *, base_prompt: str = "", negative_prompt
     uncond = base if negative_prompt == base_prompt else embed(pipe, negative_prompt, k)
     if trajectory is not None and len(trajectory) != len(sched.timesteps):
         raise ValueError(f"trajectory has {len(trajectory)} latents but the schedule has {steps} steps")
+    if targets is not None and (trajectory is None or len(targets) != len(trajectory)):
+        raise ValueError("targets (base predictions) need the trajectory they were computed on, one per step")
     x = None if trajectory is not None else initial_latents(
         pipe, sched, k, torch.Generator("cpu").manual_seed(seed), height, width)
-    acc, calls, terms, visited = new_buffers(params), 0, [], []
+    acc, calls, terms, visited, bases = new_buffers(params), 0, [], [], []
     for i, t in enumerate(tqdm(sched.timesteps, desc="J_erase", disable=not progress, leave=False)):
         x_t = trajectory[i].to(unet.device, unet.dtype) if trajectory is not None else x
         visited.append(x_t)
-        term, eps_c, eps_b = erase_term(unet, sched, x_t, t, cond, base, params, acc)
-        calls += 2
+        fixed = targets[i].to(unet.device, unet.dtype) if targets is not None else None
+        term, eps_c, eps_b = erase_term(unet, sched, x_t, t, cond, base, params, acc, eps_base=fixed)
+        calls += 1 if fixed is not None else 2
+        bases.append(eps_b)
         terms.append(float(term))
         if trajectory is None:
             with torch.no_grad():
@@ -150,7 +160,7 @@ def erase_objective(pipe, prompt: str, *, base_prompt: str = "", negative_prompt
                 else:
                     eps = eps_c
                 x = sched.step(eps, t, x_t).prev_sample
-    return ObjectiveResult(sum(terms), acc, calls, terms, visited)
+    return ObjectiveResult(sum(terms), acc, calls, terms, visited, bases)
 
 
 def amplify_objective(pipe, latents: torch.Tensor, prompt: str, *, steps: int = 50, num_samples: int = 1,
@@ -255,26 +265,44 @@ def concept_latents(pipe, images=None, *, prompt: str | None = None, num_images:
     return torch.cat(out)
 
 
-def erase_trajectory(pipe, prompt: str, **kw) -> list[torch.Tensor]:
-    """The x_t the erase objective visits for this seed (the current, typically unedited, model's trajectory)."""
-    return [x.detach().cpu() for x in erase_objective(pipe, prompt, **kw).trajectory]
+@torch.no_grad()
+def erase_reference(pipe, prompt: str, **kw) -> ObjectiveResult:
+    """The unedited model's pass for this seed: J, the x_t it visits (.trajectory) and its base-prompt
+    predictions (.targets), on the CPU, to measure edited models against."""
+    res = erase_objective(pipe, prompt, **kw)
+    res.trajectory = [x.detach().cpu() for x in res.trajectory]
+    res.targets = [e.detach().cpu() for e in res.targets]
+    return res
 
 
 @torch.no_grad()
 def measure_erase_objective(pipe, prompt: str, *, base_prompt: str = "", negative_prompt: str = "",
                             steps: int = 50, guidance: float = 3.0, num_samples: int = 1, seed: int = 0,
-                            edit=None, trajectory: list[torch.Tensor] | None = None, height=None,
-                            width=None) -> float:
-    """J_erase without gradients. With `edit`, x_t come from the pipeline as given (unedited) and J is then
-    evaluated with the edit applied, on those same x_t: the quantity attribution linearises."""
+                            edit=None, reference: ObjectiveResult | None = None, base_target: str = "fixed",
+                            height=None, width=None) -> float:
+    """J_erase without gradients, equal to attribute(...).meta["objective_value"] for the same arguments.
+
+    With `edit`, the x_t of the reference pass (the pipeline as given, i.e. unedited; computed here unless
+    passed from erase_reference) are held fixed, and
+    - base_target="fixed" (default): so are its base predictions, the constant target of the stop-gradient;
+      only eps(x_t, t, c) is re-evaluated with the edit. This is the J whose first-order change is
+      -sum(ablated alpha) (AttributionScores.predicted_change): use it for fidelity studies.
+    - base_target="edited": both predictions come from the edited model, i.e. the edited model's own
+      concept gap on those x_t (how far the prompt still moves eps away from the base prompt).
+    """
+    if base_target not in ("fixed", "edited"):
+        raise ValueError(f"base_target must be 'fixed' or 'edited', got {base_target!r}")
     kw = dict(base_prompt=base_prompt, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
               num_samples=num_samples, seed=seed, height=height, width=width)
+    if reference is None:
+        reference = erase_reference(pipe, prompt, **kw)
+        if edit is None:
+            return reference.value
+    fixed = dict(trajectory=reference.trajectory, targets=reference.targets if base_target == "fixed" else None)
     if edit is None:
-        return erase_objective(pipe, prompt, trajectory=trajectory, **kw).value
-    if trajectory is None:
-        trajectory = erase_trajectory(pipe, prompt, **kw)
+        return erase_objective(pipe, prompt, **fixed, **kw).value
     with edit.applied(pipe):
-        return erase_objective(pipe, prompt, trajectory=trajectory, **kw).value
+        return erase_objective(pipe, prompt, **fixed, **kw).value
 
 
 @torch.no_grad()

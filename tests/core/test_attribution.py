@@ -11,11 +11,11 @@ from cad import (
     Edit,
     attribute,
     concept_latents,
+    erase_reference,
     get_space,
     measure_amplify_objective,
     measure_erase_objective,
 )
-from cad.objectives import erase_trajectory
 
 PROMPT = "a photo of a cat"  # as in conftest.py, which builds erase_scores with these
 STEPS = 6
@@ -80,15 +80,36 @@ def test_measured_objective_reuses_attribution_latents(small_pipe, erase_scores)
         erase_scores.meta["objective_value"], rel=1e-6)
 
 
-def test_zeroing_top_positive_lowers_erase_more_than_random(small_pipe, erase_scores):
-    traj = erase_trajectory(small_pipe, PROMPT, **KW)  # x_t of the unedited model, shared by all edits
-    j0 = measure_erase_objective(small_pipe, PROMPT, trajectory=traj, **KW)
-    edit = Edit.from_scores(erase_scores, 0.05, "positive")
-    j_top = measure_erase_objective(small_pipe, PROMPT, edit=edit, trajectory=traj, **KW)
-    j_rand = [measure_erase_objective(small_pipe, PROMPT, edit=Edit.random_like(edit, s), trajectory=traj, **KW)
-              for s in range(3)]
+@pytest.mark.parametrize("base_target", ["fixed", "edited"])
+def test_zeroing_top_positive_lowers_erase_more_than_random(small_pipe, erase_scores, base_target):
+    ref = erase_reference(small_pipe, PROMPT, **KW)  # x_t (and base targets) of the unedited model
+    j0 = ref.value
+    edit = Edit.from_scores(erase_scores, 0.01, "positive")
+    assert edit.n_ablated > 0
+    kw = dict(reference=ref, base_target=base_target, **KW)
+    j_top = measure_erase_objective(small_pipe, PROMPT, edit=edit, **kw)
+    j_rand = [measure_erase_objective(small_pipe, PROMPT, edit=Edit.random_like(edit, s), **kw) for s in range(3)]
     assert j_top < j0
     assert j0 - j_top > 2 * max(j0 - j for j in j_rand), (j0, j_top, j_rand)
+
+
+def test_single_weight_alpha_is_first_order_change(small_pipe, erase_scores):
+    """alpha_i ~ J(w) - J(w with w_i = 0) for the largest |alpha|, each zeroed alone (sign convention)."""
+    ref = erase_reference(small_pipe, PROMPT, **KW)
+    flat = torch.cat([s.flatten() for s in erase_scores.scores.values()])
+    names, sizes = list(erase_scores.scores), [s.numel() for s in erase_scores.scores.values()]
+    for largest in (True, False):
+        for i in torch.topk(flat, 2, largest=largest).indices.tolist():
+            alpha = float(flat[i])
+            k = 0  # flat index -> (tensor k, entry i)
+            while i >= sizes[k]:
+                i, k = i - sizes[k], k + 1
+            name, size = names[k], sizes[k]
+            mask = torch.zeros(size, dtype=torch.bool)
+            mask[i] = True
+            edit = Edit({name: mask.reshape(erase_scores.scores[name].shape)})
+            drop = ref.value - measure_erase_objective(small_pipe, PROMPT, edit=edit, reference=ref, **KW)
+            assert (alpha > 0) == largest and 0.5 < drop / alpha < 2, (name, alpha, drop)
 
 
 def test_amplify_zeroing_top_negative_lowers_denoising_loss(small_pipe, tmp_path):
