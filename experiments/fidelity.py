@@ -62,7 +62,7 @@ def scatter_png(points: list[dict], r: float, path: Path, title: str) -> Path:
 
 def run_fidelity(cfg: dict, run_dir: str | Path, *, logger=None) -> dict:
     from cad.edits import Edit
-    from cad.objectives import erase_trajectory, measure_erase_objective
+    from cad.objectives import erase_reference, measure_erase_objective
 
     run_dir = Path(run_dir)
     outputs = Path(cfg["paths"]["outputs"])
@@ -85,8 +85,10 @@ def run_fidelity(cfg: dict, run_dir: str | Path, *, logger=None) -> dict:
               guidance=float(cfg["attribution"]["guidance"]), num_samples=int(f.get("num_samples", 1)),
               seed=int(cfg["attribution"].get("seed", 0)), height=res, width=res)
     pipe, prompt = loaded.pipe, concept["prompt"]
-    trajectory = erase_trajectory(pipe, prompt, **kw)  # the x_t every ablation is measured on
-    base = measure_erase_objective(pipe, prompt, trajectory=trajectory, **kw)
+    # The unedited pass: its x_t and base predictions are held fixed for every ablation (base_target="fixed"),
+    # which is the J whose first-order change the scores predict.
+    reference = erase_reference(pipe, prompt, **kw)
+    base = reference.value
     points = []
     with timed(f"{n} ablations"):
         for k in range(n):
@@ -94,7 +96,7 @@ def run_fidelity(cfg: dict, run_dir: str | Path, *, logger=None) -> dict:
             ref = Edit.from_scores(scores, ratio, "positive", method.get("granularity", "row"))
             ablation = Edit.random_like(ref, int(f.get("seed", 0)) + k)
             predicted = scores.predicted_change(ablation.masks)
-            measured = measure_erase_objective(pipe, prompt, edit=ablation, trajectory=trajectory, **kw) - base
+            measured = measure_erase_objective(pipe, prompt, edit=ablation, reference=reference, **kw) - base
             points.append({"ratio": ratio, "seed": int(f.get("seed", 0)) + k, "predicted": predicted,
                            "measured": measured, "n_ablated": ablation.n_ablated})
     r = pearson([p["predicted"] for p in points], [p["measured"] for p in points])
@@ -106,7 +108,8 @@ def run_fidelity(cfg: dict, run_dir: str | Path, *, logger=None) -> dict:
     metrics = {"fidelity/pearson_r": r, "fidelity/n_ablations": float(n)}
     protocol = {"steps": kw["steps"], "guidance": kw["guidance"], "scheduler": model.get("scheduler"),
                 "seeds": f"attribution seed {kw['seed']}, ablation seeds {points[0]['seed']}..{points[-1]['seed']}",
-                "resolution": res, "ratios": ratios, "objective": "erase", "unet_fingerprint": loaded.fingerprint}
+                "resolution": res, "ratios": ratios, "objective": "erase", "base_target": "fixed",
+                "unet_fingerprint": loaded.fingerprint}
     rows = make_rows(run=run, variant="random", benchmark=BENCHMARK, metrics=metrics,
                      directions={"fidelity/pearson_r": True, "fidelity/n_ablations": None}, protocol=protocol,
                      edit_fingerprint=None)
