@@ -24,7 +24,7 @@ ROWS: list[tuple[str, str]] = []
 
 def _row(label: str, value: str) -> None:
     ROWS.append((label, value))
-    print(f"{label:<58} {value}", flush=True)
+    print(f"{label:<64} {value}", flush=True)
 
 
 def bench_estimators(label: str, pipe, steps: int) -> None:
@@ -124,7 +124,7 @@ def main() -> None:
     print("\nsummary (bench_core)")
     print("-" * 100)
     for label, value in ROWS:
-        print(f"{label:<58} {value}")
+        print(f"{label:<64} {value}")
 
 
 if __name__ == "__main__":
