@@ -174,3 +174,14 @@ def test_bad_images_raise(small_pipe, tmp_path):
         concept_latents(small_pipe, tmp_path)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         concept_latents(small_pipe, torch.full((1, 3, 16, 16), -1.0))
+
+
+def test_restart_and_trajectory_estimate_the_same_gradient(small_pipe):
+    """Parity: the two estimators agree far better than chance (they differ in which x_t they visit)."""
+    def flat(s):
+        return torch.cat([v.flatten() for v in s.scores.values()])
+
+    kw = dict(steps=10, num_samples=4, seed=0, progress=False)
+    t = flat(attribute(small_pipe, PROMPT, **kw))
+    r = flat(attribute(small_pipe, PROMPT, estimator="restart", **kw))
+    assert torch.corrcoef(torch.stack([t, r]))[0, 1] > 0.5
