@@ -275,11 +275,16 @@ def erase_reference(pipe, prompt: str, **kw) -> ObjectiveResult:
     return res
 
 
+def erase_trajectory(pipe, prompt: str, **kw) -> list[torch.Tensor]:
+    """Only the x_t of erase_reference (kept for callers that pass `trajectory=` to measure_erase_objective)."""
+    return erase_reference(pipe, prompt, **kw).trajectory
+
+
 @torch.no_grad()
 def measure_erase_objective(pipe, prompt: str, *, base_prompt: str = "", negative_prompt: str = "",
                             steps: int = 50, guidance: float = 3.0, num_samples: int = 1, seed: int = 0,
                             edit=None, reference: ObjectiveResult | None = None, base_target: str = "fixed",
-                            height=None, width=None) -> float:
+                            trajectory: list[torch.Tensor] | None = None, height=None, width=None) -> float:
     """J_erase without gradients, equal to attribute(...).meta["objective_value"] for the same arguments.
 
     With `edit`, the x_t of the reference pass (the pipeline as given, i.e. unedited; computed here unless
@@ -289,11 +294,15 @@ def measure_erase_objective(pipe, prompt: str, *, base_prompt: str = "", negativ
       -sum(ablated alpha) (AttributionScores.predicted_change): use it for fidelity studies.
     - base_target="edited": both predictions come from the edited model, i.e. the edited model's own
       concept gap on those x_t (how far the prompt still moves eps away from the base prompt).
+    A bare `trajectory` (x_t only, from erase_trajectory) stands for a reference whose base predictions
+    are recomputed here, before the edit is applied.
     """
     if base_target not in ("fixed", "edited"):
         raise ValueError(f"base_target must be 'fixed' or 'edited', got {base_target!r}")
     kw = dict(base_prompt=base_prompt, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
               num_samples=num_samples, seed=seed, height=height, width=width)
+    if reference is None and trajectory is not None:
+        reference = erase_objective(pipe, prompt, trajectory=trajectory, **kw)
     if reference is None:
         reference = erase_reference(pipe, prompt, **kw)
         if edit is None:

@@ -185,3 +185,16 @@ def test_restart_and_trajectory_estimate_the_same_gradient(small_pipe):
     t = flat(attribute(small_pipe, PROMPT, **kw))
     r = flat(attribute(small_pipe, PROMPT, estimator="restart", **kw))
     assert torch.corrcoef(torch.stack([t, r]))[0, 1] > 0.5
+
+
+def test_bare_trajectory_equals_reference(small_pipe, erase_scores):
+    """measure_erase_objective(trajectory=x_t) recomputes the unedited base targets: same as reference=."""
+    from cad.objectives import erase_trajectory
+
+    ref = erase_reference(small_pipe, PROMPT, **KW)
+    traj = erase_trajectory(small_pipe, PROMPT, **KW)
+    edit = Edit.from_scores(erase_scores, 0.01)
+    assert measure_erase_objective(small_pipe, PROMPT, trajectory=traj, edit=edit, **KW) == \
+        measure_erase_objective(small_pipe, PROMPT, reference=ref, edit=edit, **KW)
+    with pytest.raises(ValueError, match="base_target"):
+        measure_erase_objective(small_pipe, PROMPT, reference=ref, edit=edit, base_target="moving", **KW)
