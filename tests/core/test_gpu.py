@@ -55,3 +55,17 @@ def test_amplify_on_cuda_half(tiny_pipe_factory):
     assert lat.dtype == torch.float32 and lat.shape == (3, 4, 16, 16)
     s = attribute(pipe, PROMPT, objective="amplify", images=imgs, steps=5, progress=False)
     assert all(torch.isfinite(v).all() and v.dtype == torch.float32 for v in s.scores.values())
+
+
+def test_measure_with_edit_on_cuda_half(tiny_pipe_factory):
+    """The reference pass lives on the CPU and is moved back to the device for the edited evaluation."""
+    from cad import erase_reference
+
+    pipe = tiny_pipe_factory(0, image_size=32).to("cuda", torch.float16)
+    scores = attribute(pipe, PROMPT, steps=5, progress=False)
+    ref = erase_reference(pipe, PROMPT, steps=5)
+    assert ref.value == pytest.approx(scores.meta["objective_value"], rel=1e-3)
+    edit = Edit.from_scores(scores, 0.01)
+    for target in ("fixed", "edited"):
+        j = measure_erase_objective(pipe, PROMPT, steps=5, edit=edit, reference=ref, base_target=target)
+        assert j == j and j < ref.value  # finite and lowered
