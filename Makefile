@@ -10,7 +10,7 @@ DATA   ?= $(abspath ../shared/data/prompts)
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= disabled
 
-.PHONY: setup run test test-all bench lint kit claims clean
+.PHONY: setup run test test-all bench lint kit claims report clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,8 +29,14 @@ test: $(STAMP)
 test-all: $(STAMP)
 	CAD_DATA_DIR=$${CAD_DATA_DIR:-$(DATA)} $(PY) -m pytest -q
 
+# One torch thread by default: on a small shared CPU the intra-op pool oversubscribes and makes tiny-model
+# timings noisy. Override with `make bench CAD_BENCH_THREADS=8`.
+bench: export CAD_BENCH_THREADS ?= 1
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
+
+report: $(STAMP)
+	$(PY) -m evaluation.report
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check cad evaluation experiments tests benchmarks

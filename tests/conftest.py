@@ -18,6 +18,19 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_PROMPTS = REPO.parent / "shared" / "data" / "prompts"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    """Single-threaded torch for the whole session.
+
+    On a small shared CPU, torch's intra-op thread pool oversubscribes the cores and tiny UNet calls slow
+    down by tens of times; one thread is both faster and deterministic here.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The local prompt-file folder (CI and tests point at ../shared/data/prompts)."""

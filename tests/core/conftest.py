@@ -1,24 +1,11 @@
-"""Core fixtures: one tiny pipeline and its scores per module, single-threaded torch.
-
-On a small shared CPU, torch's intra-op thread pool oversubscribes the cores and tiny UNet calls slow
-down by tens of times; one thread is both faster and deterministic here.
-"""
+"""Core fixtures: one tiny pipeline and its scores per module."""
 
 from __future__ import annotations
 
 import pytest
-import torch
 
 PROMPT = "a photo of a cat"
 STEPS = 6
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
