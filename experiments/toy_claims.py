@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     from cad.io import atomic_write_json, atomic_write_text, package_versions
     from cad.toy import claims, report
     from cad.toy.kit import load_kit
+    from cad.toy.world import kind_of
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kit", default=None, help="kit folder (default: the committed cad/toy/kit)")
@@ -27,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ratios", nargs="+", type=float, default=None)
     ap.add_argument("--seeds", type=int, default=None)
     ap.add_argument("--fidelity-n", type=int, default=None)
+    ap.add_argument("--granularity", default=None, choices=["row", "tensor", "global"])
+    ap.add_argument("--amplify-concept", default=None, help='a concept, or "auto" (the kit\'s weakest)')
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
@@ -35,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = claims.ClaimsConfig(steps=kit.manifest["sampler"]["steps"], guidance=kit.manifest["sampler"]["guidance"])
     over = {"concepts": tuple(args.concepts) if args.concepts else None,
             "ratios": tuple(args.ratios) if args.ratios else None, "seeds": args.seeds,
-            "fidelity_n": args.fidelity_n}
+            "fidelity_n": args.fidelity_n, "granularity": args.granularity,
+            "amplify_concept": args.amplify_concept}
     cfg = replace(cfg, **{k: v for k, v in over.items() if v is not None})
     out = Path(args.out)
     pipe = kit.load_pipeline()
@@ -50,11 +54,16 @@ def main(argv: list[str] | None = None) -> int:
         timings[f"erase_{c}"] = time.time() - t1
         print(f"erase {c}: done in {timings[f'erase_{c}']:.0f} s", flush=True)
     t1 = time.time()
-    src = next((s for s in erase if s["concept"] == cfg.amplify_concept), None)
-    if src is None:
-        src = claims.erase_sweep(pipe, kit.classifier, cfg.amplify_concept, cfg)
-    amp = claims.amplify_claim(pipe, kit.classifier, src, cfg, progress=args.progress)
-    report.amplify_grid(out / f"amplify_{amp['concept']}.png", amp, src["kind"], cfg.seeds)
+    concept, weak_acc = (claims.weakest_concept(kit) if cfg.amplify_concept == "auto"
+                         else (cfg.amplify_concept, None))
+    if cfg.amplify_concept == "auto":
+        # weak already (under-specified prompt) -> amplify the unedited model; else weaken it by a small erase
+        cfg = replace(cfg, amplify_weak="prompt" if weak_acc < cfg.weak_target else "erase")
+    src = next((s for s in erase if s["concept"] == concept), None)
+    if src is None and cfg.amplify_weak == "erase":
+        src = claims.erase_sweep(pipe, kit.classifier, concept, cfg)
+    amp = claims.amplify_claim(pipe, kit.classifier, concept, cfg, erase=src, progress=args.progress)
+    report.amplify_grid(out / f"amplify_{amp['concept']}.png", amp, kind_of(concept), cfg.seeds)
     timings["amplify"] = time.time() - t1
     t1 = time.time()
     fid = claims.fidelity(pipe, cfg.concepts[0], cfg, progress=args.progress)

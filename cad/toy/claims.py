@@ -26,16 +26,22 @@ class ClaimsConfig:
     concepts: tuple[str, ...] = ("circle", "striped", "red")
     ratios: tuple[float, ...] = (0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.3)
     granularity: str = "row"
+    # J_erase's base prompt: "a shape" names no attribute, so the noise gap isolates the concept word
+    # (with "" it also carries "this is a shape", which every concept's prompt shares).
+    base_prompt: str = "a shape"
     seeds: int = 32  # generated images per prompt
     attr_steps: int = 20
     attr_samples: int = 2
     steps: int = 20
     guidance: float = 4.0
     random_seed: int = 1
-    amplify_concept: str = "circle"
+    amplify_concept: str = "auto"  # "auto": the kit's weakest concept (manifest quality figures)
     amplify_ratios: tuple[float, ...] = (0.02, 0.04, 0.07, 0.1)
     amplify_images: int = 16
     weak_target: float = 0.6  # the weak model: the smallest erase ratio taking accuracy below this
+    # "erase": weaken the concept by a small CAD-Erase first; "prompt": amplify the unedited model, for a
+    # concept its under-specified prompt already renders weakly
+    amplify_weak: str = "erase"
     fidelity_n: int = 200
     fidelity_fractions: tuple[float, float] = (0.002, 0.05)  # log-uniform share of ff weights per ablation
     fidelity_steps: int = 20
@@ -68,8 +74,8 @@ def _split(acc: dict, concept: str) -> tuple[float, float]:
 def erase_sweep(pipe, classifier, concept: str, cfg: ClaimsConfig, progress: bool = False) -> dict:
     """CAD-Erase of `concept` at every ratio of cfg.ratios, with the random control; images for a grid."""
     kind = kind_of(concept)
-    scores = cad.attribute(pipe, concept_prompt(concept), objective="erase", steps=cfg.attr_steps,
-                           guidance=cfg.guidance, num_samples=cfg.attr_samples, seed=0, progress=progress)
+    scores = cad.attribute(pipe, concept_prompt(concept), objective="erase", base_prompt=cfg.base_prompt,
+                           steps=cfg.attr_steps, guidance=cfg.guidance, num_samples=cfg.attr_samples, seed=0, progress=progress)
     base_acc, base_img = kind_accuracies(pipe, classifier, kind, cfg)
     t0, o0 = _split(base_acc, concept)
     rows, grids = [], {"base": base_img}
@@ -90,23 +96,33 @@ def erase_sweep(pipe, classifier, concept: str, cfg: ClaimsConfig, progress: boo
             "rows": rows, "passes": any(r["passes"] for r in rows), "scores": scores, "images": grids}
 
 
-def amplify_claim(pipe, classifier, erase: dict, cfg: ClaimsConfig, progress: bool = False) -> dict:
-    """Weaken the concept with the smallest erase ratio that takes it below cfg.weak_target, then zero the top
-    negative alpha of J_amplify (computed on the weakened model, on rendered images of the concept)."""
-    concept = erase["concept"]
+def amplify_claim(pipe, classifier, concept: str, cfg: ClaimsConfig, erase: dict | None = None,
+                  progress: bool = False) -> dict:
+    """CAD-Amplify (zero the top negative alpha of J_amplify, computed on rendered images of the concept) on a
+    model that renders `concept` weakly: with cfg.amplify_weak == "erase", the model after the smallest
+    CAD-Erase ratio of `erase` (its sweep) taking the concept below cfg.weak_target; with "prompt", the
+    unedited model, whose under-specified prompt already renders the concept weakly."""
+    from contextlib import nullcontext
+
     kind = kind_of(concept)
-    weak_rows = [r for r in erase["rows"] if r["target"] < cfg.weak_target] or erase["rows"][:1]
-    weak_ratio = weak_rows[0]["ratio"]
-    weak = cad.Edit.from_scores(erase["scores"], weak_ratio, sign="positive", granularity=cfg.granularity)
+    weak, weak_ratio = None, 0.0
+    if cfg.amplify_weak == "erase":
+        if erase is None or erase["concept"] != concept:
+            raise ValueError(f"amplify_weak='erase' needs the erase sweep of {concept!r}; pass erase=erase_sweep(...)")
+        weak_rows = [r for r in erase["rows"] if r["target"] < cfg.weak_target] or erase["rows"][:1]
+        weak_ratio = weak_rows[0]["ratio"]
+        weak = cad.Edit.from_scores(erase["scores"], weak_ratio, sign="positive", granularity=cfg.granularity)
+    elif cfg.amplify_weak != "prompt":
+        raise ValueError(f"amplify_weak must be 'erase' or 'prompt', got {cfg.amplify_weak!r}")
     images = torch.from_numpy(render_dataset(cfg.amplify_images, seed=4242, **{kind: concept}).images)
-    prompt = concept_prompt(concept)
-    with weak.applied(pipe):
+    with weak.applied(pipe) if weak is not None else nullcontext():
         weak_acc, weak_img = kind_accuracies(pipe, classifier, kind, cfg)
-        amp = cad.attribute(pipe, prompt, objective="amplify", images=images, steps=cfg.attr_steps,
-                            num_samples=1, seed=0, progress=progress)
+        amp = cad.attribute(pipe, concept_prompt(concept), objective="amplify", images=images,
+                            steps=cfg.attr_steps, num_samples=1, seed=0, progress=progress)
     rows, best = [], None
     for ratio in cfg.amplify_ratios:
-        edit = cad.Edit.union(weak, cad.Edit.from_scores(amp, ratio, sign="negative", granularity=cfg.granularity))
+        edit = cad.Edit.from_scores(amp, ratio, sign="negative", granularity=cfg.granularity)
+        edit = cad.Edit.union(weak, edit) if weak is not None else edit
         acc, img = kind_accuracies(pipe, classifier, kind, cfg, edit)
         row = {"ratio": ratio, "n_ablated_total": edit.n_ablated, "target": acc[concept],
                "others": _split(acc, concept)[1], "images": img}
@@ -114,10 +130,18 @@ def amplify_claim(pipe, classifier, erase: dict, cfg: ClaimsConfig, progress: bo
         if best is None or row["target"] > best["target"]:
             best = row
     gain = best["target"] - weak_acc[concept]
-    return {"concept": concept, "weak_erase_ratio": weak_ratio, "weak_target": weak_acc[concept],
+    return {"concept": concept, "weak": cfg.amplify_weak, "weak_erase_ratio": weak_ratio,
+            "weak_target": weak_acc[concept], "weak_others": _split(weak_acc, concept)[1],
             "rows": [{k: v for k, v in r.items() if k != "images"} for r in rows], "best_ratio": best["ratio"],
             "best_target": best["target"], "gain": gain, "passes": gain >= cfg.bar_amplify_gain,
             "images": {"weak": weak_img, "amplified": best["images"]}}
+
+
+def weakest_concept(kit) -> tuple[str, float]:
+    """The concept the kit's model renders worst from its own prompt (from the manifest's quality figures)."""
+    gen = kit.manifest["quality"]["generated"]
+    c = min(gen, key=gen.get)
+    return c, gen[c]
 
 
 def fidelity(pipe, concept: str, cfg: ClaimsConfig, progress: bool = False) -> dict:

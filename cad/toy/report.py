@@ -79,8 +79,10 @@ def claims_table(erase: list[dict], amp: dict | None, fid: dict | None) -> str:
                        f"{r['others']:.2f} | {r['random_target']:.2f} | {r['random_others']:.2f} | "
                        f"{'yes' if r['passes'] else 'no'} |")
     if amp is not None:
-        out.append(f"\n### CAD-Amplify '{amp['concept']}' on the model after CAD-Erase at ratio "
-                   f"{amp['weak_erase_ratio']}: {amp['weak_target']:.2f} -> {amp['best_target']:.2f} "
+        where = ("the unedited model (under-specified prompt)" if amp["weak"] == "prompt"
+                 else f"the model after CAD-Erase at ratio {amp['weak_erase_ratio']}")
+        out.append(f"\n### CAD-Amplify '{amp['concept']}' on {where}: others {amp['weak_others']:.2f}; target "
+                   f"{amp['weak_target']:.2f} -> {amp['best_target']:.2f} "
                    f"(gain {amp['gain'] * 100:+.0f} points) -- {'PASS' if amp['passes'] else 'FAIL'}\n")
         out.append("| amplify ratio | ablated (erase + amplify) | target | others |")
         out.append("|---|---|---|---|")

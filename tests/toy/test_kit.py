@@ -133,7 +133,9 @@ def test_claims_pipeline_on_micro_kit(micro_kit, tmp_path):
     pipe = micro_kit.load_pipeline()
     sweep = claims.erase_sweep(pipe, micro_kit.classifier, "circle", cfg)
     assert [r["ratio"] for r in sweep["rows"]] == [0.3] and sweep["rows"][0]["n_ablated"] > 0
-    amp = claims.amplify_claim(pipe, micro_kit.classifier, sweep, cfg)
+    amp = claims.amplify_claim(pipe, micro_kit.classifier, "circle", cfg, erase=sweep)
+    amp2 = claims.amplify_claim(pipe, micro_kit.classifier, "red", replace(cfg, amplify_weak="prompt"))
+    assert amp2["weak_erase_ratio"] == 0.0 and len(amp2["rows"]) == 1
     fid = claims.fidelity(pipe, "circle", cfg)
     assert len(fid["predicted"]) == 4 and all(np.isfinite(fid["measured"]))
     report.erase_grid(tmp_path / "erase.png", sweep, cfg.seeds, per_concept=1)
@@ -142,3 +144,18 @@ def test_claims_pipeline_on_micro_kit(micro_kit, tmp_path):
     table = report.claims_table([sweep], amp, fid)
     assert "CAD-Erase 'circle'" in table and "Pearson r" in table
     assert all((tmp_path / f).stat().st_size > 0 for f in ("erase.png", "amp.png", "fid.png"))
+
+
+def test_committed_kit_matches_committed_recipe():
+    """The kit shipped in cad/toy/kit/ loads, passes its checksums and was made by the current full recipe
+    (change the recipe -> retrain with `python -m experiments.toy_kit` and recommit the kit)."""
+    from dataclasses import asdict
+
+    from cad.toy.kit import RECIPES
+
+    kit = load_kit()
+    recipe = json.loads(json.dumps(asdict(RECIPES["full"])))
+    assert kit.manifest["recipe"] == recipe
+    assert kit.classifier(torch.zeros(1, 3, 32, 32))["shape"].shape == (1, 6)
+    assert set(kit.manifest["quality"]["passes"]) == {
+        "classifier_rendered", "classifier_vae", "generated_shape", "generated_style", "generated_color"}
