@@ -24,14 +24,14 @@ from cad.toy.world import KINDS, kind_of
 @dataclass(frozen=True)
 class ClaimsConfig:
     concepts: tuple[str, ...] = ("circle", "striped", "red")
-    ratios: tuple[float, ...] = (0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.3)
+    ratios: tuple[float, ...] = (0.01, 0.02, 0.03, 0.04, 0.05, 0.07, 0.1)
     granularity: str = "row"
     # J_erase's base prompt: "a shape" names no attribute, so the noise gap isolates the concept word
     # (with "" it also carries "this is a shape", which every concept's prompt shares).
     base_prompt: str = "a shape"
     seeds: int = 32  # generated images per prompt
     attr_steps: int = 20
-    attr_samples: int = 2
+    attr_samples: int = 8  # 2 gave noisier scores and more collateral damage
     steps: int = 20
     guidance: float = 4.0
     random_seed: int = 1
@@ -153,7 +153,7 @@ def fidelity(pipe, concept: str, cfg: ClaimsConfig, progress: bool = False) -> d
     from cad.objectives import erase_trajectory
 
     prompt = concept_prompt(concept)
-    kw = dict(steps=cfg.fidelity_steps, guidance=cfg.guidance, num_samples=1, seed=0)
+    kw = dict(base_prompt=cfg.base_prompt, steps=cfg.fidelity_steps, guidance=cfg.guidance, num_samples=1, seed=0)
     scores = cad.attribute(pipe, prompt, objective="erase", progress=False, **kw)
     traj = erase_trajectory(pipe, prompt, **kw)
     j0 = cad.measure_erase_objective(pipe, prompt, trajectory=traj, **kw)
