@@ -7,10 +7,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from . import CONF_DIR
+from cad.selection import GRANULARITIES as KNOWN_GRANULARITY
+from cad.selection import SIGNS as KNOWN_SIGNS
 
-KNOWN_SIGNS = ("positive", "negative")
-KNOWN_GRANULARITY = ("row", "element")
+from . import CONF_DIR
 
 
 class ConfigError(ValueError):

@@ -80,3 +80,20 @@ def test_benchmark_that_cannot_load(tmp_path):
             "columns": {"prompt": "prompt"}}
     with pytest.raises(ConfigError, match="benchmark 'target'"):
         check_benchmarks({"target": spec}, str(tmp_path))
+
+
+@pytest.mark.parametrize("granularity", ["row", "tensor", "global"])
+@pytest.mark.parametrize("sign", ["positive", "negative", "both"])
+def test_every_selection_rule_of_the_core_is_accepted(sign, granularity):
+    from experiments.validate import check_method
+
+    cfg = compose_config([f"method.sign={sign}", f"method.granularity={granularity}"])
+    check_method(cfg["method"])
+
+
+def test_unknown_granularity_names_the_choices():
+    from experiments.validate import check_method
+
+    cfg = compose_config(["method.granularity=element"])
+    with pytest.raises(ConfigError, match="row.*tensor.*global"):
+        check_method(cfg["method"])
