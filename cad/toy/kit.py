@@ -52,11 +52,11 @@ class Recipe:
     vae_channels: tuple[int, ...] = (16, 32, 32)  # three blocks: 32x32 images -> 8x8x4 latents
     unet_channels: tuple[int, ...] = (32, 64)
     text_hidden: int = 64
-    vae_steps: int = 1500
+    vae_steps: int = 1000
     vae_batch: int = 32
     vae_lr: float = 1e-3
     vae_kl: float = 1e-6
-    unet_steps: int = 3000
+    unet_steps: int = 5000
     unet_batch: int = 64
     unet_lr: float = 1e-3
     p_drop: float = 0.3
@@ -67,13 +67,13 @@ class Recipe:
     clf_batch: int = 96
     clf_lr: float = 2e-3
     clip_width: int = 64
-    clip_steps: int = 500
+    clip_steps: int = 1500
     clip_batch: int = 96
     clip_lr: float = 1e-3
     clip_p_drop: float = 0.15
     # sampler the quality figures (and the claims) use
     sample_steps: int = 20
-    guidance: float = 4.0
+    guidance: float = 5.0
     quality_seeds: int = 48  # generated images per prompt for the quality figures
     storage_dtype: str = "float16"
     extra: dict = field(default_factory=dict)
