@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ratios", nargs="+", type=float, default=None)
     ap.add_argument("--seeds", type=int, default=None)
     ap.add_argument("--fidelity-n", type=int, default=None)
+    ap.add_argument("--base-prompt", default=None, help='J_erase base prompt (default "")')
     ap.add_argument("--granularity", default=None, choices=["row", "tensor", "global"])
     ap.add_argument("--amplify-concept", default=None, help='a concept, or "auto" (the kit\'s weakest)')
     ap.add_argument("--threads", type=int, default=2)
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = claims.ClaimsConfig(steps=kit.manifest["sampler"]["steps"], guidance=kit.manifest["sampler"]["guidance"])
     over = {"concepts": tuple(args.concepts) if args.concepts else None,
             "ratios": tuple(args.ratios) if args.ratios else None, "seeds": args.seeds,
-            "fidelity_n": args.fidelity_n, "granularity": args.granularity,
+            "fidelity_n": args.fidelity_n, "granularity": args.granularity, "base_prompt": args.base_prompt,
             "amplify_concept": args.amplify_concept}
     cfg = replace(cfg, **{k: v for k, v in over.items() if v is not None})
     out = Path(args.out)

@@ -26,9 +26,9 @@ class ClaimsConfig:
     concepts: tuple[str, ...] = ("circle", "striped", "red")
     ratios: tuple[float, ...] = (0.01, 0.02, 0.03, 0.04, 0.05, 0.07, 0.1)
     granularity: str = "row"
-    # J_erase's base prompt: "a shape" names no attribute, so the noise gap isolates the concept word
-    # (with "" it also carries "this is a shape", which every concept's prompt shares).
-    base_prompt: str = "a shape"
+    # J_erase's base prompt ("" as in cad.attribute). "a shape" (names no attribute) was tried on kit v2: less
+    # erasure, and the fidelity r turned negative (the stop-gradient base moves too under an ablation).
+    base_prompt: str = ""
     seeds: int = 32  # generated images per prompt
     attr_steps: int = 20
     attr_samples: int = 8  # 2 gave noisier scores and more collateral damage
@@ -43,7 +43,9 @@ class ClaimsConfig:
     # concept its under-specified prompt already renders weakly
     amplify_weak: str = "erase"
     fidelity_n: int = 200
-    fidelity_fractions: tuple[float, float] = (0.002, 0.05)  # log-uniform share of ff weights per ablation
+    # log-uniform share of ff weights per ablation: the first-order regime (with up to 5% ablated, second-order
+    # damage grows with the share and r fell to -0.47 on kit v2; below 0.3% it was 0.88)
+    fidelity_fractions: tuple[float, float] = (0.0005, 0.005)
     fidelity_steps: int = 20
     bar_target: float = 0.10
     bar_others_drop: float = 0.10
