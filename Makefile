@@ -35,6 +35,13 @@ bench: export CAD_BENCH_THREADS ?= 1
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
 
+# The toy world: retrain the committed kit (cad/toy/kit/) and print its quality figures; show the paper's claims.
+kit: $(STAMP)
+	$(PY) -m experiments.toy_kit
+
+claims: $(STAMP)
+	$(PY) -m experiments.toy_claims
+
 report: $(STAMP)
 	$(PY) -m evaluation.report
 
