@@ -33,11 +33,20 @@ def _one_thread():
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    """The local prompt-file folder (CI and tests point at ../shared/data/prompts)."""
+    """The local prompt-file folder: $CAD_DATA_DIR, else ../shared/data/prompts (CI), else the cad cache,
+    filled by sha256-checked downloads (a developer's clone with internet and no shared/ folder)."""
     path = Path(os.environ.get("CAD_DATA_DIR", SHARED_PROMPTS))
-    if not path.is_dir():
-        pytest.fail(f"prompt data folder {path} not found: set CAD_DATA_DIR to the folder holding imagenette.csv etc.")
-    return path
+    if path.is_dir():
+        return path
+    from evaluation.data import PROMPT_FILES, PromptDataError, cache_dir, resolve_prompt_file
+
+    try:
+        for name in PROMPT_FILES:
+            resolve_prompt_file(name)
+    except PromptDataError as err:
+        pytest.fail(f"prompt data folder {path} not found and the files could not be fetched ({err}); "
+                    "set CAD_DATA_DIR to the folder holding imagenette.csv etc.")
+    return cache_dir()
 
 
 @pytest.fixture(scope="session")
