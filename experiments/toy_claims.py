@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ratios", nargs="+", type=float, default=None)
     ap.add_argument("--seeds", type=int, default=None)
     ap.add_argument("--fidelity-n", type=int, default=None)
-    ap.add_argument("--base-prompt", default=None, help='J_erase base prompt (default "")')
+    ap.add_argument("--base-prompt", default=None, help='CAD-Erase J_erase base prompt: a prompt, or "anchor" (the first other value of the concept\'s kind)')
     ap.add_argument("--granularity", default=None, choices=["row", "tensor", "global"])
     ap.add_argument("--amplify-concept", default=None, help='a concept, or "auto" (the kit\'s weakest)')
     ap.add_argument("--threads", type=int, default=2)

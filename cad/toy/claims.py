@@ -26,9 +26,14 @@ class ClaimsConfig:
     concepts: tuple[str, ...] = ("circle", "striped", "red")
     ratios: tuple[float, ...] = (0.01, 0.02, 0.03, 0.04, 0.05, 0.07, 0.1)
     granularity: str = "row"
-    # J_erase's base prompt ("" as in cad.attribute). "a shape" (names no attribute) was tried on kit v2: less
-    # erasure, and the fidelity r turned negative (the stop-gradient base moves too under an ablation).
+    # J_erase's base prompt c_base for CAD-Erase: a prompt, or "anchor" = the prompt of the first other value of
+    # the concept's kind in world order (circle -> "a square", striped -> "a solid shape", red -> "a green
+    # shape"). With c_base = "" the erased model falls back to its unconditional distribution, where the target
+    # still appears ~1/6 of the time (a floor above the 10% bar); an anchor is the paper's c_base set by the user.
+    # "a shape" (names no attribute) was tried on kit v2: less erasure than "".
     base_prompt: str = ""
+    # c_base of the fidelity claim (the paper's default ""; its r is about the attribution, not the edit)
+    fidelity_base_prompt: str = ""
     seeds: int = 32  # generated images per prompt
     attr_steps: int = 20
     attr_samples: int = 8  # 2 gave noisier scores and more collateral damage
@@ -68,6 +73,15 @@ def kind_accuracies(pipe, classifier, kind: str, cfg: ClaimsConfig, edit=None) -
     return acc, images
 
 
+def base_prompt_for(concept: str, base_prompt: str) -> str:
+    """J_erase's c_base for erasing `concept`: `base_prompt` itself, or for "anchor" the prompt of the first
+    other value of the concept's kind (a fixed rule, the same for every concept)."""
+    if base_prompt != "anchor":
+        return base_prompt
+    anchor = next(v for v in KINDS[kind_of(concept)] if v != concept)
+    return concept_prompt(anchor)
+
+
 def _split(acc: dict, concept: str) -> tuple[float, float]:
     others = [a for c, a in acc.items() if c != concept]
     return acc[concept], float(np.mean(others))
@@ -76,8 +90,10 @@ def _split(acc: dict, concept: str) -> tuple[float, float]:
 def erase_sweep(pipe, classifier, concept: str, cfg: ClaimsConfig, progress: bool = False) -> dict:
     """CAD-Erase of `concept` at every ratio of cfg.ratios, with the random control; images for a grid."""
     kind = kind_of(concept)
-    scores = cad.attribute(pipe, concept_prompt(concept), objective="erase", base_prompt=cfg.base_prompt,
-                           steps=cfg.attr_steps, guidance=cfg.guidance, num_samples=cfg.attr_samples, seed=0, progress=progress)
+    base_prompt = base_prompt_for(concept, cfg.base_prompt)
+    scores = cad.attribute(pipe, concept_prompt(concept), objective="erase", base_prompt=base_prompt,
+                           steps=cfg.attr_steps, guidance=cfg.guidance, num_samples=cfg.attr_samples, seed=0,
+                           progress=progress)
     base_acc, base_img = kind_accuracies(pipe, classifier, kind, cfg)
     t0, o0 = _split(base_acc, concept)
     rows, grids = [], {"base": base_img}
@@ -94,7 +110,8 @@ def erase_sweep(pipe, classifier, concept: str, cfg: ClaimsConfig, progress: boo
                      # vacuous when the unedited model never rendered the concept
                      "passes": t0 > cfg.bar_target and t <= cfg.bar_target and o0 - o <= cfg.bar_others_drop
                      and t0 - rt <= cfg.bar_random_drop})
-    return {"concept": concept, "kind": kind, "base_target": t0, "base_others": o0, "base_per_concept": base_acc,
+    return {"concept": concept, "kind": kind, "base_prompt": base_prompt, "granularity": cfg.granularity,
+            "base_target": t0, "base_others": o0, "base_per_concept": base_acc,
             "rows": rows, "passes": any(r["passes"] for r in rows), "scores": scores, "images": grids}
 
 
@@ -155,7 +172,7 @@ def fidelity(pipe, concept: str, cfg: ClaimsConfig, progress: bool = False) -> d
     from cad.objectives import erase_trajectory
 
     prompt = concept_prompt(concept)
-    kw = dict(base_prompt=cfg.base_prompt, steps=cfg.fidelity_steps, guidance=cfg.guidance, num_samples=1, seed=0)
+    kw = dict(base_prompt=cfg.fidelity_base_prompt, steps=cfg.fidelity_steps, guidance=cfg.guidance, num_samples=1, seed=0)
     scores = cad.attribute(pipe, prompt, objective="erase", progress=False, **kw)
     traj = erase_trajectory(pipe, prompt, **kw)
     j0 = cad.measure_erase_objective(pipe, prompt, trajectory=traj, **kw)
@@ -171,7 +188,7 @@ def fidelity(pipe, concept: str, cfg: ClaimsConfig, progress: bool = False) -> d
         measured.append(cad.measure_erase_objective(pipe, prompt, trajectory=traj, edit=edit, **kw) - j0)
         fractions.append(frac)
     r, p = pearsonr(predicted, measured)
-    return {"concept": concept, "n": cfg.fidelity_n, "pearson_r": float(r), "p_value": float(p), "J0": j0,
+    return {"concept": concept, "base_prompt": cfg.fidelity_base_prompt, "n": cfg.fidelity_n, "pearson_r": float(r), "p_value": float(p), "J0": j0,
             "predicted": predicted, "measured": measured, "fractions": fractions, "paper_r_sd14": 0.506}
 
 

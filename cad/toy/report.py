@@ -72,6 +72,11 @@ def claims_table(erase: list[dict], amp: dict | None, fid: dict | None) -> str:
     for s in erase:
         out.append(f"\n### CAD-Erase '{s['concept']}' ({s['kind']}): unedited target {s['base_target']:.2f}, "
                    f"others {s['base_others']:.2f} -- {'PASS' if s['passes'] else 'FAIL'}\n")
+        out.append(f"J_erase base prompt c_base = {s.get('base_prompt', '')!r}"
+                   f"{' (an anchor concept, not the default empty prompt)' if s.get('base_prompt') else ''}; "
+                   f"selection granularity {s.get('granularity', 'row')!r}. The bar: target <= 10%, others "
+                   f"drop <= 10 points, and the random control (as many ff weights, per tensor) lowers the "
+                   f"target <= 10 points.\n")
         out.append("| ratio | ablated | fraction | target | others | random: target | random: others | bar |")
         out.append("|---|---|---|---|---|---|---|---|")
         for r in s["rows"]:
@@ -90,5 +95,6 @@ def claims_table(erase: list[dict], amp: dict | None, fid: dict | None) -> str:
             out.append(f"| {r['ratio']} | {r['n_ablated_total']} | {r['target']:.2f} | {r['others']:.2f} |")
     if fid is not None:
         out.append(f"\n### Attribution fidelity ('{fid['concept']}', {fid['n']} random ff ablations): "
-                   f"Pearson r = {fid['pearson_r']:.3f} (p = {fid['p_value']:.1e}); paper, SD 1.4: 0.506\n")
+                   f"Pearson r = {fid['pearson_r']:.3f} (p = {fid['p_value']:.1e}); paper, SD 1.4: 0.506; "
+                   f"c_base = {fid.get('base_prompt', '')!r}\n")
     return "\n".join(out) + "\n"
