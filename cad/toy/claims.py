@@ -24,25 +24,31 @@ from cad.toy.world import KINDS, kind_of
 @dataclass(frozen=True)
 class ClaimsConfig:
     concepts: tuple[str, ...] = ("circle", "striped", "red")
-    ratios: tuple[float, ...] = (0.01, 0.02, 0.03, 0.04, 0.05, 0.07, 0.1)
-    granularity: str = "row"
+    ratios: tuple[float, ...] = (0.005, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.2, 0.3)
+    # "tensor": the top ratio of each ff tensor. The reference's "row" rule keeps int(ratio * columns) per row,
+    # which with 32-column tensors here is 0 below ratio 1/32 and moves in steps of 3%; on kit v2 "tensor" and
+    # "global" erased more at the same share of weights (circle, c_base "": 0.38 vs 0.47 at 10%).
+    granularity: str = "tensor"
     # J_erase's base prompt c_base for CAD-Erase: a prompt, or "anchor" = the prompt of the first other value of
     # the concept's kind in world order (circle -> "a square", striped -> "a solid shape", red -> "a green
     # shape"). With c_base = "" the erased model falls back to its unconditional distribution, where the target
     # still appears ~1/6 of the time (a floor above the 10% bar); an anchor is the paper's c_base set by the user.
     # "a shape" (names no attribute) was tried on kit v2: less erasure than "".
-    base_prompt: str = ""
+    base_prompt: str = "anchor"
     # c_base of the fidelity claim (the paper's default ""; its r is about the attribution, not the edit)
     fidelity_base_prompt: str = ""
     seeds: int = 32  # generated images per prompt
     attr_steps: int = 20
-    attr_samples: int = 8  # 2 gave noisier scores and more collateral damage
+    attr_samples: int = 16  # 2 gave noisier scores and more collateral damage than 8; 16 costs seconds
     steps: int = 20
     guidance: float = 4.0
     random_seed: int = 1
     amplify_concept: str = "auto"  # "auto": the kit's weakest concept (manifest quality figures)
-    amplify_ratios: tuple[float, ...] = (0.02, 0.04, 0.07, 0.1)
-    amplify_images: int = 16
+    amplify_ratios: tuple[float, ...] = (0.01, 0.02, 0.04, 0.07, 0.1)
+    # rendered images of the concept for J_amplify, and noise draws per image and timestep: on kit v2 (circle
+    # after a 1% erase, 16 seeds) 16 x 1 gave +19 points, 64 x 2 gave +25
+    amplify_images: int = 64
+    amplify_samples: int = 2
     weak_target: float = 0.6  # the weak model: the smallest erase ratio taking accuracy below this
     # "erase": weaken the concept by a small CAD-Erase first; "prompt": amplify the unedited model, for a
     # concept its under-specified prompt already renders weakly
@@ -137,7 +143,7 @@ def amplify_claim(pipe, classifier, concept: str, cfg: ClaimsConfig, erase: dict
     with weak.applied(pipe) if weak is not None else nullcontext():
         weak_acc, weak_img = kind_accuracies(pipe, classifier, kind, cfg)
         amp = cad.attribute(pipe, concept_prompt(concept), objective="amplify", images=images,
-                            steps=cfg.attr_steps, num_samples=1, seed=0, progress=progress)
+                            steps=cfg.attr_steps, num_samples=cfg.amplify_samples, seed=0, progress=progress)
     rows, best = [], None
     for ratio in cfg.amplify_ratios:
         edit = cad.Edit.from_scores(amp, ratio, sign="negative", granularity=cfg.granularity)
