@@ -1,12 +1,13 @@
 """Run every benchmarks/bench_*.py module's main() in name order: `python -m benchmarks.run [name ...]`.
 
-Names given on the command line (e.g. `core`) restrict the run to modules whose name contains one of them.
+CAD_BENCH_THREADS sets torch's thread count for all of them. Names given on the command line (e.g. `core`) restrict the run to modules whose name contains one of them.
 A failing benchmark is reported and the others still run; the exit status says whether all succeeded.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import time
 import traceback
@@ -24,6 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     if not names:
         print(f"no benchmark matches {wanted}; available: {discover()}")
         return 1
+    threads = os.environ.get("CAD_BENCH_THREADS")
+    if threads:  # one setting for every benchmark, so their timings are comparable (the Makefile sets 1)
+        import torch
+
+        torch.set_num_threads(int(threads))
     failed, timings = [], []
     for name in names:
         print(f"\n=== benchmarks.{name} ===", flush=True)

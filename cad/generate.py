@@ -18,6 +18,7 @@ import os
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +234,21 @@ def generate(
     bar = tqdm(total=len(mine), initial=len(mine) - len(pending), unit="img", disable=not progress,
                desc=f"generate {out_dir.name}" + (f" [{shard + 1}/{num_shards}]" if num_shards > 1 else ""))
     applied = edit.applied(pipe) if edit is not None else contextlib.nullcontext()
+
+    def write(batch, seeds, images, g, seconds):
+        records = []
+        for it, seed, image in zip(batch, seeds, images):
+            atomic_save_image(out_dir / f"{it.id}.png", image)
+            records.append({"id": it.id, "file": f"{it.id}.png", "prompt": it.prompt, "seed": seed,
+                            "label": it.label, "guidance": g, "seconds": round(seconds, 4),
+                            "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        _append_manifest(out_dir, manifest, records)  # after the PNGs: a listed image always exists
+        bar.update(len(batch))
+
+    # One writer thread encodes and writes a batch's PNGs (zlib and file I/O release the GIL) while the pipeline
+    # renders the next batch; a single worker keeps the manifest in order. Leaving the `with` waits for it.
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cad-png-writer")
+    pending_writes = []
     try:
         with applied, torch.no_grad():
             for g, batch in _batches(pending, batch_size, guidance):
@@ -244,14 +260,12 @@ def generate(
                               guidance_scale=g, height=height, width=width, output_type="pil",
                               **dict(call_kwargs or {})).images
                 seconds = (time.perf_counter() - t0) / len(batch)
-                records = []
-                for it, seed, image in zip(batch, seeds, images):
-                    atomic_save_image(out_dir / f"{it.id}.png", image)
-                    records.append({"id": it.id, "file": f"{it.id}.png", "prompt": it.prompt, "seed": seed,
-                                    "label": it.label, "guidance": g, "seconds": round(seconds, 4),
-                                    "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
-                _append_manifest(out_dir, manifest, records)
-                bar.update(len(batch))
+                pending_writes.append(writer.submit(write, batch, seeds, images, g, seconds))
+                if pending_writes[0].done():
+                    pending_writes.pop(0).result()  # surface a failed write (disk full, ...) without waiting
     finally:
+        writer.shutdown(wait=True)
         bar.close()
+    for job in pending_writes:
+        job.result()
     return paths
