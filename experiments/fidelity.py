@@ -68,6 +68,8 @@ def run_fidelity(cfg: dict, run_dir: str | Path, *, logger=None) -> dict:
     outputs = Path(cfg["paths"]["outputs"])
     model, method, f = cfg["model"], dict(cfg["method"]), cfg.get("fidelity") or {}
     concept = check_run(cfg)
+    if f.get("base_prompt") is not None:  # Fig. 2's own c_base; scores and measurements both use it
+        concept = {**concept, "base_prompt": str(f["base_prompt"])}
     if method.get("objective") != "erase":
         raise ConfigError("task=fidelity measures J_erase: use method=cad_erase (or another erase-objective method)")
     ratios = [float(r) for r in f.get("ratios") or [0.01]]
