@@ -26,6 +26,16 @@ def _cosine(opt: torch.optim.Optimizer, steps: int, warmup: int) -> torch.optim.
     return torch.optim.lr_scheduler.LambdaLR(opt, f)
 
 
+def _optimise(opt, sched, loss: torch.Tensor, clip_params: list | None = None) -> None:
+    """One optimiser step of every trainer: backward, optional gradient clipping (norm 1), step, lr schedule."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_params is not None:
+        torch.nn.utils.clip_grad_norm_(clip_params, 1.0)
+    opt.step()
+    sched.step()
+
+
 def _bar(steps: int, desc: str, progress: bool):
     return tqdm(range(steps), desc=desc, disable=not progress, mininterval=2.0, leave=False)
 
@@ -46,10 +56,7 @@ def train_vae(vae, images: torch.Tensor, *, steps: int, batch: int, lr: float, k
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=g)
         rec = vae.decode(z).sample
         loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + kl_weight * post.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        _optimise(opt, sched, loss)
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
     vae.eval().requires_grad_(False)
     return {"final_loss": loss.item()}
@@ -135,11 +142,7 @@ def train_denoiser(unet, text_encoder, tokenizer, noise_scheduler, latent_mean: 
         cond = text_encoder(ids)[0]
         pred = unet(zt, t, cond).sample
         loss = F.mse_loss(pred, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        _optimise(opt, sched, loss, clip_params=params)
         decay = min(ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
@@ -176,10 +179,7 @@ def train_classifier(classifier, images: torch.Tensor, recon: torch.Tensor, labe
         y = torch.cat([y_all[i1], y_all[i2]])
         logits = classifier(x)
         loss = sum(F.cross_entropy(logits[k], y[:, j]) for j, k in enumerate(("shape", "style", "color")))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        _optimise(opt, sched, loss)
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
     classifier.eval().requires_grad_(False)
     return {"final_loss": loss.item()}
@@ -210,10 +210,7 @@ def train_clip(model, tokenize, images: torch.Tensor, labels: np.ndarray, *, ste
         target = same / same.sum(1, keepdim=True)
         loss = 0.5 * (torch.sum(-target * F.log_softmax(logits, 1), 1).mean()
                       + torch.sum(-target * F.log_softmax(logits.T, 1), 1).mean())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        _optimise(opt, sched, loss)
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
