@@ -77,6 +77,19 @@ def test_toy_twin_of_nudity_erasure_logged_to_wandb(toy, tmp_path, monkeypatch):
     assert list(run_dir.glob("files/media/table/results_*.table.json"))
 
 
+def test_paired_lpips_compares_each_variant_with_the_original_images(toy, tmp_path):
+    """The artist experiment's LPIPS on the toy twin: edited and control images against the original ones."""
+    cfg = compose_config(MICRO + ["experiment=artist_erasure", "model=toy",
+                                  "twin_benchmarks.target.metrics=[classifier_accuracy,lpips]"])
+    out = run_from_config(cfg, tmp_path / "run")
+    assert not any("lpips" in k for k in out["metrics"]["original"])  # the original against itself: skipped
+    for variant in ("edited", "random-0"):
+        m = out["metrics"][variant]
+        assert m["toy_styles/lpips_erased"] >= 0.0 and m["toy_styles/lpips_others"] >= 0.0
+        assert {f"toy_styles/lpips/{s}" for s in ("solid", "outline", "striped", "dotted")} <= set(m)
+    assert out["metrics"]["edited"]["toy_styles/lpips_erased"] > 0.0  # the edit changed the erased style
+
+
 def test_fidelity_task(toy, tmp_path):
     cfg = compose_config(["model.steps=3", "model.guidance=4.0", "experiment=fidelity", "fidelity.n_ablations=4",
                           "fidelity.ratios=[0.01,0.05]"])
