@@ -7,6 +7,7 @@ unedited images once per benchmark; only the edited images are new per point.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -105,7 +106,7 @@ def generate_cached(loaded: LoadedModel, benchmark, edit, model: dict, generatio
 
 def score_folder(images: Path, benchmark, metrics: dict, reference: Path | None, concept: dict) -> tuple[dict, dict]:
     """(flat results, protocol) for one image folder; paired metrics (LPIPS) read the original images too."""
-    from evaluation.score import _load, image_paths, score, score_protocols
+    from evaluation.score import score, score_protocols
 
     plain = {k: m for k, m in metrics.items() if k not in PAIRED}
     results = score(images, benchmark, plain) if plain else {}
@@ -114,14 +115,9 @@ def score_folder(images: Path, benchmark, metrics: dict, reference: Path | None,
             continue
         if reference is None or reference == images:
             continue  # the original model compared with itself carries no information
-        m = metrics[name]
-        m.reset()
-        items = list(benchmark.items)
-        edited, original = image_paths(images, items), image_paths(reference, items)
-        for i in range(0, len(items), 16):
-            m.update([_load(p) for p in edited[i:i + 16]], items[i:i + 16],
-                     reference_images=[_load(p) for p in original[i:i + 16]])
-        results.update({f"{benchmark.name}/{k}": float(v) for k, v in m.compute().items()})
+        # the paired metric reads each item's original image from the reference folder itself
+        metrics[name].reference_dir = Path(reference)
+        results.update(score(images, benchmark, {name: metrics[name]}, batch_size=16))
     results = retention_keys(results, benchmark, concept)
     return results, score_protocols(images, list(metrics.values()))
 
@@ -149,17 +145,14 @@ def protocol_of(model: dict, generation: dict, benchmark, score_protocol: dict, 
             "versions": package_versions()}
 
 
+@contextlib.contextmanager
 def timed(label: str):
     """Log how long a stage took (the report's cost estimates come from these lines)."""
-    class _T:
-        def __enter__(self):
-            self.t = time.perf_counter()
-            return self
-
-        def __exit__(self, *exc):
-            log.info("%s: %.1fs", label, time.perf_counter() - self.t)
-
-    return _T()
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        log.info("%s: %.1fs", label, time.perf_counter() - start)
 
 
 def run_id_of(run_dir: Path, outputs: Path) -> str:
