@@ -24,6 +24,7 @@ from cad.objectives import (
     measure_amplify_objective,
     measure_erase_objective,
 )
+from cad.retain import retain_ranking
 from cad.scores import AttributionScores, ScoresMismatchError
 from cad.selection import count_ablated, random_masks, select_components
 
@@ -47,6 +48,7 @@ __all__ = [
     "measure_amplify_objective",
     "measure_erase_objective",
     "random_masks",
+    "retain_ranking",
     "select_components",
     "unet_fingerprint",
 ]

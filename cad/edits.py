@@ -24,7 +24,7 @@ EDIT_FILE = "edit.safetensors"
 META_FILE = "meta.json"
 # Scores meta worth carrying into an edit: enough to trace it back without copying the per-step terms.
 _SCORE_KEYS = ("model", "unet_fingerprint", "concept", "objective", "estimator", "steps", "guidance",
-               "num_samples", "seed", "space", "base_prompt")
+               "num_samples", "seed", "space", "base_prompt", "retain")
 
 
 class EditMismatchError(ValueError):

@@ -53,10 +53,16 @@ class AttributionScores:
     @property
     def key(self) -> str:
         """A short hash of the configuration that produced these scores (for content-addressed folders)."""
-        return stable_hash({k: self.meta.get(k) for k in CONFIG_KEYS})
+        config = {k: self.meta.get(k) for k in CONFIG_KEYS}
+        if self.meta.get("retain"):  # a retain ranking (cad.retain) is another artifact than the plain alpha
+            config["retain"] = self.meta["retain"]
+        return stable_hash(config)
 
     def predicted_change(self, masks: dict[str, torch.Tensor]) -> float:
         """First-order estimate of J(edited) - J(original) when the masked weights are zeroed: -sum alpha."""
+        if self.meta.get("retain"):
+            raise ValueError("these scores are a retain ranking (alpha divided by retain importance), not alpha; "
+                             "predict with the target concept's own attribution scores")
         total = 0.0
         for name, m in masks.items():
             if name not in self.scores:
