@@ -67,11 +67,28 @@ def fidelity_scatter(path: Path, fid: dict) -> Path:
 
 
 def claims_table(erase: list[dict], amp: dict | None, fid: dict | None) -> str:
-    """Markdown: every erase sweep row, the amplify result, the fidelity r."""
-    out = []
+    """Markdown: a verdict per claim (an erase claim passes when some rule meets the bars at some ratio), then
+    every erase sweep row per rule, the amplify result, the fidelity r."""
+    out = ["| claim | verdict |", "|---|---|"]
+    concepts = list(dict.fromkeys(s["concept"] for s in erase))
+    for c in concepts:
+        sweeps = [s for s in erase if s["concept"] == c]
+        rules = ", ".join(f"{s.get('rule', 'cad')}: {'pass' if s['passes'] else 'fail'}" for s in sweeps)
+        out.append(f"| CAD-Erase '{c}' | {'PASS' if any(s['passes'] for s in sweeps) else 'FAIL'} ({rules}) |")
+    if amp is not None:
+        out.append(f"| CAD-Amplify '{amp['concept']}' | {'PASS' if amp['passes'] else 'FAIL'} "
+                   f"({amp['gain'] * 100:+.0f} points) |")
+    if fid is not None:
+        out.append(f"| fidelity r ('{fid['concept']}', {fid['n']} ablations) | {fid['pearson_r']:.3f} "
+                   f"(SD 1.4: 0.506) |")
     for s in erase:
-        out.append(f"\n### CAD-Erase '{s['concept']}' ({s['kind']}): unedited target {s['base_target']:.2f}, "
-                   f"others {s['base_others']:.2f} -- {'PASS' if s['passes'] else 'FAIL'}\n")
+        rule = s.get("rule", "cad")
+        how = ("top alpha of the target (the paper's rule)" if rule == "cad" else
+               f"alpha over the {s['retain']['reduce']} |alpha| of {', '.join(s['retain']['concepts'])} "
+               "(cad.retain_ranking)")
+        out.append(f"\n### CAD-Erase '{s['concept']}' ({s['kind']}), rule '{rule}': unedited target "
+                   f"{s['base_target']:.2f}, others {s['base_others']:.2f} -- {'PASS' if s['passes'] else 'FAIL'}\n")
+        out.append(f"Selection: {how}.")
         out.append(f"J_erase base prompt c_base = {s.get('base_prompt', '')!r}"
                    f"{' (an anchor concept, not the default empty prompt)' if s.get('base_prompt') else ''}; "
                    f"selection granularity {s.get('granularity', 'row')!r}. The bar: target <= 10%, others "

@@ -131,8 +131,19 @@ def test_claims_pipeline_on_micro_kit(micro_kit, tmp_path):
                   attr_samples=1, steps=2, amplify_ratios=(0.1,), amplify_images=2, fidelity_n=4,
                   fidelity_steps=2)
     pipe = micro_kit.load_pipeline()
-    sweep = claims.erase_sweep(pipe, micro_kit.classifier, "circle", cfg)
+    cache = claims.SweepCache()
+    sweep = claims.erase_sweep(pipe, micro_kit.classifier, "circle", cfg, cache=cache)
     assert [r["ratio"] for r in sweep["rows"]] == [0.3] and sweep["rows"][0]["n_ablated"] > 0
+    aware = claims.erase_sweep(pipe, micro_kit.classifier, "circle", cfg, rule="retain", cache=cache)
+    # every sibling attributed once, the unedited accuracies and the shared random control computed once
+    assert set(cache.scores) == {"circle", "square", "triangle", "cross", "ring", "diamond"}
+    assert len(cache.controls) == 1 and aware["base_per_concept"] == sweep["base_per_concept"]
+    assert aware["rule"] == "retain" and len(aware["retain"]["concepts"]) == 5
+    assert aware["scores"] is sweep["scores"]  # the plain alpha, which the amplify claim weakens with
+    verdict = claims.erase_claim([sweep, aware])
+    assert verdict["passes"] == (sweep["passes"] or aware["passes"])
+    with pytest.raises(ValueError, match="unknown selection rule"):
+        claims.erase_sweep(pipe, micro_kit.classifier, "circle", cfg, rule="ssd")
     amp = claims.amplify_claim(pipe, micro_kit.classifier, "circle", cfg, erase=sweep)
     amp2 = claims.amplify_claim(pipe, micro_kit.classifier, "red", replace(cfg, amplify_weak="prompt"))
     assert amp2["weak_erase_ratio"] == 0.0 and len(amp2["rows"]) == 1
@@ -141,8 +152,8 @@ def test_claims_pipeline_on_micro_kit(micro_kit, tmp_path):
     report.erase_grid(tmp_path / "erase.png", sweep, cfg.seeds, per_concept=1)
     report.amplify_grid(tmp_path / "amp.png", amp, "shape", cfg.seeds, per_concept=1)
     report.fidelity_scatter(tmp_path / "fid.png", fid)
-    table = report.claims_table([sweep], amp, fid)
-    assert "CAD-Erase 'circle'" in table and "Pearson r" in table
+    table = report.claims_table([sweep, aware], amp, fid)
+    assert "CAD-Erase 'circle'" in table and "Pearson r" in table and "rule 'retain'" in table
     assert all((tmp_path / f).stat().st_size > 0 for f in ("erase.png", "amp.png", "fid.png"))
 
 
