@@ -59,9 +59,10 @@ def _check_compatible(target: AttributionScores, retain: Sequence[AttributionSco
 
 
 def retain_ranking(target: AttributionScores, retain: Sequence[AttributionScores], *, reduce: str = "mean",
-                   eps: float = 1e-3) -> AttributionScores:
+                   eps: float = 1e-3, names: Sequence[str] | None = None) -> AttributionScores:
     """The target's alpha divided by the retain concepts' importance (see the module doc); meta records the
-    retain concepts, `reduce` and `eps`, so cached edits made from it are named apart from plain CAD ones."""
+    retain concepts (`names`, default: each scores' concept prompt), `reduce` and `eps`, so cached edits made
+    from it are named apart from plain CAD ones."""
     if not isinstance(target, AttributionScores):
         raise TypeError(f"target must be AttributionScores, got {type(target).__name__}")
     retain = list(retain)
@@ -76,6 +77,9 @@ def retain_ranking(target: AttributionScores, retain: Sequence[AttributionScores
         floor = eps * alpha.abs().mean().clamp_min(torch.finfo(torch.float32).tiny)
         ranked[name] = alpha / (importance[name] + floor)
     meta = dict(target.meta)
-    meta["retain"] = {"concepts": [r.meta.get("concept") for r in retain], "reduce": reduce, "eps": eps,
+    if names is not None and len(names) != len(retain):
+        raise ValueError(f"{len(names)} names for {len(retain)} retain scores; give one name per concept")
+    concepts = list(names) if names is not None else [r.meta.get("concept") for r in retain]
+    meta["retain"] = {"concepts": concepts, "reduce": reduce, "eps": eps,
                       "keys": [r.key for r in retain]}
     return AttributionScores(ranked, meta)

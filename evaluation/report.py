@@ -44,7 +44,8 @@ def load_results(path: str | os.PathLike) -> list[dict]:
 
 def _point(row: dict) -> tuple:
     return (row.get("experiment"), row["model"], row["concept"], row["method"], row.get("variant", "edited"),
-            row.get("ratio"), row.get("sign"), row.get("granularity"), row["benchmark"], row["metric"])
+            row.get("ratio"), row.get("sign"), row.get("granularity"), tuple(row.get("retain") or ()),
+            row["benchmark"], row["metric"])
 
 
 def latest(rows: Iterable[dict]) -> list[dict]:
@@ -56,7 +57,7 @@ def latest(rows: Iterable[dict]) -> list[dict]:
 
 
 def column_label(row: dict) -> str:
-    """Column group of a row in the paper's layout: SD (unedited), <method>@<ratio>, random@<ratio>."""
+    """Column group of a row in the paper's layout: SD (unedited), <method>[+retain]@<ratio>, random@<ratio>."""
     variant = row.get("variant", "edited")
     if variant == "original" or row["method"] == "none":
         return "SD"
@@ -64,7 +65,7 @@ def column_label(row: dict) -> str:
     suffix = f"@{ratio:g}" if isinstance(ratio, int | float) else ""
     if variant.startswith("random"):
         return f"random{suffix}"
-    return f"{row['method']}{suffix}"
+    return f"{row['method']}{'+retain' if row.get('retain') else ''}{suffix}"
 
 
 def _fmt(v: float | None) -> str:

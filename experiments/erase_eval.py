@@ -15,6 +15,7 @@ from .models import load_model, resolve_device
 from .pipeline import (
     attribute_cached,
     build_edits,
+    retain_ranking_cached,
     directions,
     generate_cached,
     protocol_of,
@@ -61,6 +62,11 @@ def run_erase_eval(cfg: dict, run_dir: str | Path, *, logger=None, run_id: str |
         with timed("attribution"):
             scores, scores_dir, reused = attribute_cached(loaded, concept, method, cfg["attribution"], model, outputs)
         log.info("attribution scores %s (%s)", scores_dir, "reused" if reused else "computed")
+        if method.get("retain"):
+            with timed("retain attribution"):
+                scores, retain_dirs = retain_ranking_cached(scores, loaded, concept, method, cfg["attribution"],
+                                                            model, outputs)
+            log.info("ranked against %d retained concepts (%s)", len(retain_dirs), scores.meta["retain"]["concepts"])
     edit, controls = build_edits(scores, method, outputs, loaded.key)
     variants: dict[str, Any] = {"original": None}
     if edit is not None:
@@ -73,7 +79,8 @@ def run_erase_eval(cfg: dict, run_dir: str | Path, *, logger=None, run_id: str |
     run = {"run_id": run_id or run_id_of(run_dir, outputs), "experiment": cfg.get("experiment_name"), "model": loaded.key,
            "concept": concept["name"], "method": method["name"], "ratio": float(method["ratio"]),
            "sign": method["sign"], "granularity": method["granularity"],
-           "scores_path": str(scores_dir) if scores_dir else None}
+           "scores_path": str(scores_dir) if scores_dir else None,
+           "retain": (scores.meta.get("retain") or {}).get("concepts") if scores is not None else None}
     payload: dict[str, Any] = {"run": run, "attribution_reused": reused, "metrics": {}, "images": {},
                                "edits": {k: _edit_info(e) for k, e in variants.items() if e is not None}}
     rows = []

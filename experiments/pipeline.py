@@ -62,6 +62,23 @@ def attribute_cached(loaded: LoadedModel, concept: dict, method: dict, attributi
     return scores, folder, False
 
 
+def retain_ranking_cached(scores, loaded: LoadedModel, concept: dict, method: dict, attribution: dict, model: dict,
+                          outputs: Path) -> tuple[Any, list[Path]]:
+    """With method.retain set, the target's scores ranked against the retained concepts' (cad.retain_ranking;
+    each retained concept attributed, and cached, like the target); else the scores unchanged."""
+    from cad.retain import retain_ranking
+
+    from .validate import retain_concepts
+
+    retained = retain_concepts(method, concept, model["name"])
+    if not retained:
+        return scores, []
+    kept = [attribute_cached(loaded, c, method, attribution, model, outputs) for c in retained]
+    ranked = retain_ranking(scores, [k[0] for k in kept], reduce=method.get("retain_reduce", "mean"),
+                            names=[c["name"] for c in retained])
+    return ranked, [k[1] for k in kept]
+
+
 def build_edits(scores, method: dict, outputs: Path, model_key: str) -> tuple[Any, dict[str, Any]]:
     """(the method's edit or None, {variant name: random control edit}); edits are saved by fingerprint."""
     from cad.edits import Edit

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 ROW_KEYS = ("run_id", "experiment", "model", "concept", "method", "variant", "ratio", "sign", "granularity",
-            "benchmark", "metric", "value", "higher_is_better", "protocol", "edit_fingerprint", "scores_path")
+            "benchmark", "metric", "value", "higher_is_better", "protocol", "edit_fingerprint", "scores_path",
+            "retain")
 
 
 def make_rows(*, run: Mapping[str, Any], variant: str, benchmark: str, metrics: Mapping[str, float],
@@ -23,7 +24,7 @@ def make_rows(*, run: Mapping[str, Any], variant: str, benchmark: str, metrics: 
     """Rows for one variant (edited / original / random-<seed>) scored on one benchmark.
 
     `run` holds the run-level fields (run_id, experiment, model, concept, method, ratio, sign, granularity,
-    scores_path); `metrics` maps full metric keys ("imagenette/acc_target") to values.
+    scores_path, retain); `metrics` maps full metric keys ("imagenette/acc_target") to values.
     """
     missing = [k for k in ("run_id", "model", "concept", "method") if k not in run]
     if missing:
@@ -37,6 +38,7 @@ def make_rows(*, run: Mapping[str, Any], variant: str, benchmark: str, metrics: 
             "benchmark": benchmark, "metric": key, "value": _json_number(value),
             "higher_is_better": directions.get(key), "protocol": dict(protocol),
             "edit_fingerprint": edit_fingerprint, "scores_path": run.get("scores_path"),
+            "retain": run.get("retain"),
         })
     return rows
 

@@ -118,11 +118,46 @@ def check_benchmarks(specs: Mapping[str, Any], data_dir: str | None) -> None:
                               f"cannot be loaded: {err}") from err
 
 
+def retain_concepts(method: Mapping[str, Any], concept: Mapping[str, Any], model_name: str) -> list[dict]:
+    """The concepts method.retain names, as effective concepts: a list of concept options, or "siblings" (every
+    concept option of the target's kind, e.g. the other toy colours for red, the other Imagenette classes for
+    church). Empty when method.retain is unset."""
+    spec = method.get("retain") or []
+    if spec == "siblings":
+        names = [n for n in _options("concept") if n != concept["name"]
+                 and str(load_concept(n).get("kind")) == str(concept.get("kind"))]
+        if not names:
+            raise ConfigError(f"method.retain=siblings: no other concept of kind {concept.get('kind')!r}; list the "
+                              "concepts to keep, e.g. method.retain=[church,parachute]")
+    elif isinstance(spec, str) or not all(isinstance(n, str) for n in spec):
+        raise ConfigError(f"method.retain={spec!r}: give a list of concept options (method.retain=[green,blue]) or "
+                          "method.retain=siblings")
+    else:
+        names = list(spec)
+    out = []
+    for name in names:
+        c = effective_concept(load_concept(name), model_name)
+        if c["name"] == concept["name"]:
+            raise ConfigError(f"method.retain names the erased concept itself ({name!r} -> {c['name']!r}); drop it")
+        if all(c["name"] != o["name"] for o in out):
+            out.append(c)
+    reduce = method.get("retain_reduce", "mean")
+    from cad.retain import REDUCES
+
+    if out and reduce not in REDUCES:
+        raise ConfigError(f"method.retain_reduce={reduce!r}; use one of {REDUCES}")
+    return out
+
+
 def check_run(cfg: Mapping[str, Any]) -> dict:
     """All cheap checks for one run; returns the effective concept."""
     check_model(cfg["model"], cfg.get("paths", {}).get("toy_kit"))
     check_method(cfg["method"])
     concept = effective_concept(cfg["concept"], cfg["model"]["name"])
+    retained = retain_concepts(cfg["method"], concept, cfg["model"]["name"])
+    if retained and cfg.get("attribution", {}).get("scores"):
+        raise ConfigError("attribution.scores and method.retain together: given scores are used as they are; "
+                          "unset attribution.scores to rank against the retained concepts")
     check_scores_folder(cfg.get("attribution", {}).get("scores"), str(cfg["model"]["id"]))
     gen = cfg.get("generation", {})
     if not (0 <= int(gen.get("shard", 0)) < int(gen.get("num_shards", 1))):

@@ -132,8 +132,9 @@ def ranking_for(pipe, concept: str, cfg: ClaimsConfig, rule: str, cache: SweepCa
     target = cache.scores_of(pipe, concept, cfg, progress)
     if rule == "cad":
         return target
-    siblings = [cache.scores_of(pipe, s, cfg, progress) for s in KINDS[kind_of(concept)] if s != concept]
-    return cad.retain_ranking(target, siblings, reduce=cfg.retain_reduce)
+    names = [s for s in KINDS[kind_of(concept)] if s != concept]
+    siblings = [cache.scores_of(pipe, s, cfg, progress) for s in names]
+    return cad.retain_ranking(target, siblings, reduce=cfg.retain_reduce, names=names)
 
 
 def erase_sweep(pipe, classifier, concept: str, cfg: ClaimsConfig, progress: bool = False, rule: str = "cad",

@@ -97,3 +97,28 @@ def test_unknown_granularity_names_the_choices():
     cfg = compose_config(["method.granularity=element"])
     with pytest.raises(ConfigError, match="row.*tensor.*global"):
         check_method(cfg["method"])
+
+
+@pytest.mark.parametrize(("override", "fix"), [
+    ("method.retain=[unicorn]", "choose one of: .*church"),
+    ("method.retain=[circle]", "erased concept itself"),
+    ("method.retain=everything", "method.retain=siblings"),
+    ("method.retain_reduce=median", "mean.*max"),
+])
+def test_bad_retain_set(outputs, tmp_path, override, fix):
+    extra = ["method.retain=[square]"] if "reduce" in override else []
+    msg = _run(compose_config([override, *extra]), tmp_path)
+    assert __import__("re").search(fix, msg), msg
+
+
+def test_retain_siblings_resolves_to_the_other_values_of_the_kind():
+    from experiments.validate import effective_concept, retain_concepts
+
+    red = effective_concept(load_concept("red"), "toy")
+    assert [c["name"] for c in retain_concepts({"retain": "siblings"}, red, "toy")] == [
+        "blue", "cyan", "green", "magenta", "yellow"]
+    church = effective_concept(load_concept("church"), "sd14")
+    names = [c["name"] for c in retain_concepts({"retain": "siblings"}, church, "sd14")]
+    assert len(names) == 9 and "church" not in names and "parachute" in names
+    # on the toy world a real concept's retain list maps to stand-ins, never to the target's own stand-in
+    assert retain_concepts({"retain": ["parachute"]}, effective_concept(load_concept("church"), "toy"), "toy")

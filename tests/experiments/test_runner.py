@@ -116,3 +116,17 @@ def test_cli_multirun(micro_kit, tmp_path):
     assert payloads[1]["run"]["run_id"].startswith("multirun/") and payloads[1]["run"]["run_id"].endswith("/1")
     rows = load_results(tmp_path / "out" / "results.jsonl")
     assert len([r for r in rows if r["metric"] == "toy_objects/acc_target"]) == 2 * 3  # 2 points x 3 variants
+
+
+def test_retain_siblings_ranks_against_the_other_shapes(toy, tmp_path):
+    plain = run_from_config(compose_config(MICRO + ["method.ratio=0.05"]), tmp_path / "plain")
+    aware = run_from_config(compose_config(MICRO + ["method.ratio=0.05", "method.retain=siblings"]), tmp_path / "aware")
+    assert aware["attribution_reused"] and aware["run"]["scores_path"] == plain["run"]["scores_path"]
+    assert aware["run"]["retain"] == ["cross", "diamond", "ring", "square", "triangle"]
+    shapes = {p.parent.parent.name for p in (toy / "attributions").rglob("scores.safetensors")}
+    assert shapes == {"circle", "cross", "diamond", "ring", "square", "triangle"}
+    edited = aware["edits"]["edited"]
+    assert edited["fingerprint"] != plain["edits"]["edited"]["fingerprint"]
+    rows = load_results(toy / "results.jsonl")
+    assert {tuple(r["retain"] or ()) for r in rows} == {(), ("cross", "diamond", "ring", "square", "triangle")}
+    assert "cad_erase+retain@0.05" in markdown_tables(rows) and "cad_erase@0.05" in markdown_tables(rows)
