@@ -15,10 +15,10 @@ from .models import load_model, resolve_device
 from .pipeline import (
     attribute_cached,
     build_edits,
-    retain_ranking_cached,
     directions,
     generate_cached,
     protocol_of,
+    retain_ranking_cached,
     run_id_of,
     score_folder,
     timed,
