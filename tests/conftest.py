@@ -35,7 +35,7 @@ def _one_thread():
 def data_dir() -> Path:
     """The local prompt-file folder: $CAD_DATA_DIR, else ../shared/data/prompts (CI), else the cad cache,
     filled by sha256-checked downloads (a developer's clone with internet and no shared/ folder)."""
-    path = Path(os.environ.get("CAD_DATA_DIR", SHARED_PROMPTS))
+    path = Path(os.environ.get("CAD_DATA_DIR", SHARED_PROMPTS)).expanduser().resolve()
     if path.is_dir():
         return path
     from evaluation.data import PROMPT_FILES, PromptDataError, cache_dir, resolve_prompt_file
