@@ -92,6 +92,19 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
+def world_fingerprint(image_size: int = 32) -> str:
+    """A hash of a fixed sample of the renderer's output: a kit is only valid for the world it was trained on
+    (changing how a style or colour is drawn changes this, and the committed kit must then be retrained)."""
+    import numpy as np
+
+    from cad.toy.render import render_dataset
+
+    d = render_dataset(64, seed=20261128, size=image_size)
+    h = hashlib.sha256(np.ascontiguousarray(d.images).tobytes())
+    h.update(np.ascontiguousarray(d.labels).tobytes())
+    return h.hexdigest()[:16]
+
+
 def get_recipe(recipe: str | Recipe) -> Recipe:
     if isinstance(recipe, Recipe):
         return recipe
@@ -287,7 +300,7 @@ def train_kit(out_dir: str | os.PathLike, recipe: str | Recipe = "full", *, prog
             "kit_version": KIT_VERSION,
             "recipe": asdict(r),
             "seed": r.seed,
-            "world": {"image_size": r.image_size},
+            "world": {"image_size": r.image_size, "fingerprint": world_fingerprint(r.image_size)},
             "sampler": {"steps": r.sample_steps, "guidance": r.guidance, "scheduler": "ddim"},
             "training": {"stats": stats, "seconds": timings, "threads": r.threads},
             "versions": package_versions(),

@@ -22,6 +22,9 @@ def test_kit_layout_and_manifest(micro_kit):
             "clip/open_clip_model.safetensors", "fid_reference.safetensors"} <= set(m["files"])
     assert all(len(d) == 64 for d in m["files"].values())
     assert "torch" in m["versions"] and m["sampler"]["scheduler"] == "ddim"
+    from cad.toy.kit import world_fingerprint
+
+    assert m["world"]["fingerprint"] == world_fingerprint(32) != world_fingerprint(16)
     vae_cfg = json.loads((micro_kit.pipeline_path / "vae" / "config.json").read_text())
     assert vae_cfg["scaling_factor"] == pytest.approx(m["training"]["stats"]["vae"]["scaling_factor"])
 
@@ -164,9 +167,12 @@ def test_committed_kit_matches_committed_recipe():
 
     from cad.toy.kit import RECIPES
 
+    from cad.toy.kit import world_fingerprint
+
     kit = load_kit()
     recipe = json.loads(json.dumps(asdict(RECIPES["full"])))
     assert kit.manifest["recipe"] == recipe
+    assert kit.manifest["world"]["fingerprint"] == world_fingerprint(32), "the renderer changed: retrain the kit"
     assert kit.classifier(torch.zeros(1, 3, 32, 32))["shape"].shape == (1, 6)
     assert set(kit.manifest["quality"]["passes"]) == {
         "classifier_rendered", "classifier_vae", "generated_shape", "generated_style", "generated_color"}
