@@ -165,9 +165,7 @@ def test_committed_kit_matches_committed_recipe():
     (change the recipe -> retrain with `python -m experiments.toy_kit` and recommit the kit)."""
     from dataclasses import asdict
 
-    from cad.toy.kit import RECIPES
-
-    from cad.toy.kit import world_fingerprint
+    from cad.toy.kit import RECIPES, world_fingerprint
 
     kit = load_kit()
     recipe = json.loads(json.dumps(asdict(RECIPES["full"])))
