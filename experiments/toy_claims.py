@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fidelity-n", type=int, default=None)
     ap.add_argument("--base-prompt", default=None, help='CAD-Erase J_erase base prompt: a prompt, or "anchor" (the first other value of the concept\'s kind)')
     ap.add_argument("--granularity", default=None, choices=["row", "tensor", "global"])
+    ap.add_argument("--space", default=None, help='component space (cad.get_space), default "ff" (the paper\'s)')
     ap.add_argument("--rules", nargs="+", default=None, choices=["cad", "retain"],
                     help="selection rules to sweep (cad: top alpha; retain: alpha over the siblings' |alpha|)")
     ap.add_argument("--amplify-concept", default=None, help='a concept, or "auto" (the kit\'s weakest)')
@@ -42,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     over = {"concepts": tuple(args.concepts) if args.concepts else None,
             "ratios": tuple(args.ratios) if args.ratios else None, "seeds": args.seeds,
             "fidelity_n": args.fidelity_n, "granularity": args.granularity, "base_prompt": args.base_prompt,
-            "amplify_concept": args.amplify_concept, "rules": tuple(args.rules) if args.rules else None}
+            "amplify_concept": args.amplify_concept, "rules": tuple(args.rules) if args.rules else None,
+            "space": args.space}
     cfg = replace(cfg, **{k: v for k, v in over.items() if v is not None})
     out = Path(args.out)
     pipe = kit.load_pipeline()

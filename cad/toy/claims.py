@@ -41,6 +41,8 @@ class ClaimsConfig:
     # and blue, and of "striped" removed "dotted"; the retain rule erased red (0.06 at ratio 0.05) with the
     # others at 0.93 -> 0.93 (`make claims`, README).
     rules: tuple[str, ...] = ("cad", "retain")
+    # component space (cad.get_space) of every attribution, edit and random control here; "ff" is the paper's
+    space: str = "ff"
     retain_reduce: str = "mean"
     # c_base of the fidelity claim (the paper's default ""; its r is about the attribution, not the edit)
     fidelity_base_prompt: str = ""
@@ -105,7 +107,7 @@ RULES = ("cad", "retain")
 
 def concept_scores(pipe, concept: str, cfg: ClaimsConfig, progress: bool = False):
     """Attribution scores of J_erase for `concept` against its c_base (cfg.base_prompt's rule)."""
-    return cad.attribute(pipe, concept_prompt(concept), objective="erase",
+    return cad.attribute(pipe, concept_prompt(concept), objective="erase", space=cfg.space,
                          base_prompt=base_prompt_for(concept, cfg.base_prompt), steps=cfg.attr_steps,
                          guidance=cfg.guidance, num_samples=cfg.attr_samples, seed=0, progress=progress)
 
@@ -165,7 +167,7 @@ def erase_sweep(pipe, classifier, concept: str, cfg: ClaimsConfig, progress: boo
                      # vacuous when the unedited model never rendered the concept
                      "passes": t0 > cfg.bar_target and t <= cfg.bar_target and o0 - o <= cfg.bar_others_drop
                      and t0 - rt <= cfg.bar_random_drop})
-    return {"concept": concept, "kind": kind, "rule": rule, "base_prompt": base_prompt_for(concept, cfg.base_prompt),
+    return {"concept": concept, "kind": kind, "rule": rule, "space": cfg.space, "base_prompt": base_prompt_for(concept, cfg.base_prompt),
             "granularity": cfg.granularity, "retain": ranked.meta.get("retain"),
             "base_target": t0, "base_others": o0, "base_per_concept": base_acc,
             "rows": rows, "passes": any(r["passes"] for r in rows), "scores": cache.scores[concept],
@@ -199,7 +201,7 @@ def amplify_claim(pipe, classifier, concept: str, cfg: ClaimsConfig, erase: dict
     images = torch.from_numpy(render_dataset(cfg.amplify_images, seed=4242, **{kind: concept}).images)
     with weak.applied(pipe) if weak is not None else nullcontext():
         weak_acc, weak_img = kind_accuracies(pipe, classifier, kind, cfg)
-        amp = cad.attribute(pipe, concept_prompt(concept), objective="amplify", images=images,
+        amp = cad.attribute(pipe, concept_prompt(concept), objective="amplify", images=images, space=cfg.space,
                             steps=cfg.attr_steps, num_samples=cfg.amplify_samples, seed=0, progress=progress)
     rows, best = [], None
     for ratio in cfg.amplify_ratios:
@@ -236,7 +238,7 @@ def fidelity(pipe, concept: str, cfg: ClaimsConfig, progress: bool = False) -> d
 
     prompt = concept_prompt(concept)
     kw = dict(base_prompt=cfg.fidelity_base_prompt, steps=cfg.fidelity_steps, guidance=cfg.guidance, num_samples=1, seed=0)
-    scores = cad.attribute(pipe, prompt, objective="erase", progress=False, **kw)
+    scores = cad.attribute(pipe, prompt, objective="erase", space=cfg.space, progress=False, **kw)
     traj = erase_trajectory(pipe, prompt, **kw)
     j0 = cad.measure_erase_objective(pipe, prompt, trajectory=traj, **kw)
     rng = np.random.default_rng(cfg.random_seed)

@@ -91,8 +91,9 @@ def claims_table(erase: list[dict], amp: dict | None, fid: dict | None) -> str:
         out.append(f"Selection: {how}.")
         out.append(f"J_erase base prompt c_base = {s.get('base_prompt', '')!r}"
                    f"{' (an anchor concept, not the default empty prompt)' if s.get('base_prompt') else ''}; "
-                   f"selection granularity {s.get('granularity', 'row')!r}. The bar: target <= 10%, others "
-                   f"drop <= 10 points, and the random control (as many ff weights, per tensor) lowers the "
+                   f"component space {s.get('space', 'ff')!r}, selection granularity {s.get('granularity', 'row')!r}. "
+                   f"The bar: target <= 10%, others drop <= 10 points, and the random control (as many weights of "
+                   f"the space, per tensor) lowers the "
                    f"target <= 10 points.\n")
         out.append("| ratio | ablated | fraction | target | others | random: target | random: others | bar |")
         out.append("|---|---|---|---|---|---|---|---|")
