@@ -70,16 +70,15 @@ def retain_ranking(target: AttributionScores, retain: Sequence[AttributionScores
         raise ValueError(f"eps must be > 0 (it keeps weights no retain concept uses finite), got {eps}")
     if target.meta.get("retain"):
         raise ValueError("target scores are already a retain ranking; pass the concept's own attribution scores")
+    if names is not None and len(names) != len(retain):
+        raise ValueError(f"{len(names)} names for {len(retain)} retain scores; give one name per concept")
     _check_compatible(target, retain)
     importance = retain_importance(retain, reduce)
     ranked = {}
     for name, alpha in target.scores.items():
         floor = eps * alpha.abs().mean().clamp_min(torch.finfo(torch.float32).tiny)
         ranked[name] = alpha / (importance[name] + floor)
-    meta = dict(target.meta)
-    if names is not None and len(names) != len(retain):
-        raise ValueError(f"{len(names)} names for {len(retain)} retain scores; give one name per concept")
     concepts = list(names) if names is not None else [r.meta.get("concept") for r in retain]
-    meta["retain"] = {"concepts": concepts, "reduce": reduce, "eps": eps,
-                      "keys": [r.key for r in retain]}
+    meta = {**target.meta, "retain": {"concepts": concepts, "reduce": reduce, "eps": eps,
+                                      "keys": [r.key for r in retain]}}
     return AttributionScores(ranked, meta)

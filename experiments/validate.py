@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cad.retain import REDUCES as RETAIN_REDUCES
 from cad.selection import GRANULARITIES as KNOWN_GRANULARITY
 from cad.selection import SIGNS as KNOWN_SIGNS
 
@@ -142,10 +143,8 @@ def retain_concepts(method: Mapping[str, Any], concept: Mapping[str, Any], model
         if all(c["name"] != o["name"] for o in out):
             out.append(c)
     reduce = method.get("retain_reduce", "mean")
-    from cad.retain import REDUCES
-
-    if out and reduce not in REDUCES:
-        raise ConfigError(f"method.retain_reduce={reduce!r}; use one of {REDUCES}")
+    if out and reduce not in RETAIN_REDUCES:
+        raise ConfigError(f"method.retain_reduce={reduce!r}; use one of {RETAIN_REDUCES}")
     return out
 
 

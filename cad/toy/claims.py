@@ -177,7 +177,14 @@ def erase_sweep(pipe, classifier, concept: str, cfg: ClaimsConfig, progress: boo
 def erase_claim(sweeps: list[dict]) -> dict:
     """The verdict for one concept over its rules' sweeps: which rules meet the bars at some ratio."""
     passing = [s["rule"] for s in sweeps if s["passes"]]
-    return {"concept": sweeps[0]["concept"], "passes": bool(passing), "passing_rules": passing}
+    return {"concept": sweeps[0]["concept"], "passes": bool(passing), "passing_rules": passing,
+            "rules": [s["rule"] for s in sweeps]}
+
+
+def erase_claims(erase: list[dict]) -> list[dict]:
+    """erase_claim for every concept of a list of sweeps (several rules per concept), in first-seen order."""
+    concepts = dict.fromkeys(s["concept"] for s in erase)
+    return [erase_claim([s for s in erase if s["concept"] == c]) for c in concepts]
 
 
 def amplify_claim(pipe, classifier, concept: str, cfg: ClaimsConfig, erase: dict | None = None,

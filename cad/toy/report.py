@@ -69,12 +69,12 @@ def fidelity_scatter(path: Path, fid: dict) -> Path:
 def claims_table(erase: list[dict], amp: dict | None, fid: dict | None) -> str:
     """Markdown: a verdict per claim (an erase claim passes when some rule meets the bars at some ratio), then
     every erase sweep row per rule, the amplify result, the fidelity r."""
+    from cad.toy.claims import erase_claims
+
     out = ["| claim | verdict |", "|---|---|"]
-    concepts = list(dict.fromkeys(s["concept"] for s in erase))
-    for c in concepts:
-        sweeps = [s for s in erase if s["concept"] == c]
-        rules = ", ".join(f"{s.get('rule', 'cad')}: {'pass' if s['passes'] else 'fail'}" for s in sweeps)
-        out.append(f"| CAD-Erase '{c}' | {'PASS' if any(s['passes'] for s in sweeps) else 'FAIL'} ({rules}) |")
+    for v in erase_claims(erase):
+        rules = ", ".join(f"{r}: {'pass' if r in v['passing_rules'] else 'fail'}" for r in v["rules"])
+        out.append(f"| CAD-Erase '{v['concept']}' | {'PASS' if v['passes'] else 'FAIL'} ({rules}) |")
     if amp is not None:
         out.append(f"| CAD-Amplify '{amp['concept']}' | {'PASS' if amp['passes'] else 'FAIL'} "
                    f"({amp['gain'] * 100:+.0f} points) |")
@@ -82,7 +82,7 @@ def claims_table(erase: list[dict], amp: dict | None, fid: dict | None) -> str:
         out.append(f"| fidelity r ('{fid['concept']}', {fid['n']} ablations) | {fid['pearson_r']:.3f} "
                    f"(SD 1.4: 0.506) |")
     for s in erase:
-        rule = s.get("rule", "cad")
+        rule = s["rule"]
         how = ("top alpha of the target (the paper's rule)" if rule == "cad" else
                f"alpha over the {s['retain']['reduce']} |alpha| of {', '.join(s['retain']['concepts'])} "
                "(cad.retain_ranking)")

@@ -145,6 +145,7 @@ def test_claims_pipeline_on_micro_kit(micro_kit, tmp_path):
     assert aware["scores"] is sweep["scores"]  # the plain alpha, which the amplify claim weakens with
     verdict = claims.erase_claim([sweep, aware])
     assert verdict["passes"] == (sweep["passes"] or aware["passes"])
+    assert claims.erase_claims([sweep, aware]) == [verdict] and verdict["rules"] == ["cad", "retain"]
     xattn = claims.erase_sweep(pipe, micro_kit.classifier, "circle", replace(cfg, space="cross_attn"))
     assert xattn["space"] == "cross_attn" and all(".attn2." in n for n in xattn["scores"].scores)
     with pytest.raises(ValueError, match="unknown selection rule"):
