@@ -8,8 +8,10 @@ tokenize exactly as they do for SD 1.x.
 
 from __future__ import annotations
 
+import atexit
 import gzip
 import json
+import shutil
 import tempfile
 from functools import lru_cache
 from pathlib import Path
@@ -22,7 +24,8 @@ _N_MERGES = 49152 - 256 - 2
 
 @lru_cache(maxsize=1)
 def clip_tokenizer_files() -> Path:
-    """Write vocab.json / merges.txt of the OpenAI CLIP BPE (from open_clip's bundled file) once per process."""
+    """Write vocab.json / merges.txt of the OpenAI CLIP BPE (from open_clip's bundled file) once per process,
+    into a folder removed when the process exits."""
     from open_clip.tokenizer import bytes_to_unicode, default_bpe
 
     lines = gzip.open(default_bpe()).read().decode("utf-8").split("\n")
@@ -32,6 +35,7 @@ def clip_tokenizer_files() -> Path:
     vocab += ["".join(m.split()) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     out = Path(tempfile.mkdtemp(prefix="cad-clip-bpe-"))
+    atexit.register(shutil.rmtree, out, True)
     (out / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))
     (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
     return out

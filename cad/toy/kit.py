@@ -271,9 +271,9 @@ def train_kit(out_dir: str | os.PathLike, recipe: str | Recipe = "full", *, prog
                       context_length=MAX_LENGTH, image_size=r.image_size)
     torch.manual_seed(r.seed + 5)
     clip_model = open_clip.create_model(register_clip_config(cfg))
-    tok_dir = Path(tempfile.mkdtemp(prefix="cad-toy-tok-"))
-    tokenizer.save_pretrained(tok_dir)
-    clip_tok = open_clip.tokenizer.HFTokenizer(str(tok_dir), context_length=MAX_LENGTH)
+    with tempfile.TemporaryDirectory(prefix="cad-toy-tok-") as tok_dir:
+        tokenizer.save_pretrained(tok_dir)
+        clip_tok = open_clip.tokenizer.HFTokenizer(str(tok_dir), context_length=MAX_LENGTH)
     stats["clip"] = train.train_clip(clip_model, clip_tok, images, data.labels, steps=r.clip_steps,
                                      batch=r.clip_batch, lr=r.clip_lr, p_drop=r.clip_p_drop, seed=r.seed + 6,
                                      progress=progress)

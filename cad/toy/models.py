@@ -89,7 +89,9 @@ def register_clip_config(config: dict, name: str = CLIP_MODEL_NAME) -> str:
 
     import open_clip
 
-    path = Path(tempfile.mkdtemp(prefix="cad-toy-clip-")) / f"{name}.json"
-    path.write_text(json.dumps(config))
-    open_clip.add_model_config(path)
+    # open_clip reads the file into its registry at once; a later rescan skips the removed file and keeps it
+    with tempfile.TemporaryDirectory(prefix="cad-toy-clip-") as tmp:
+        path = Path(tmp) / f"{name}.json"
+        path.write_text(json.dumps(config))
+        open_clip.add_model_config(path)
     return name

@@ -79,6 +79,8 @@ def build_world_tokenizer(model_max_length: int = MAX_LENGTH):
     """A CLIPTokenizer over the world vocabulary, built offline (unknown words map to <|endoftext|>)."""
     from transformers import CLIPTokenizer
 
-    files = write_tokenizer_files(tempfile.mkdtemp(prefix="cad-toy-tok-"))
-    return CLIPTokenizer.from_pretrained(str(files), model_max_length=model_max_length, pad_token=EOS,
-                                         unk_token=EOS, bos_token=BOS, eos_token=EOS)
+    # The tokenizer reads its files when built, so they live in a folder removed right after.
+    with tempfile.TemporaryDirectory(prefix="cad-toy-tok-") as tmp:
+        files = write_tokenizer_files(tmp)
+        return CLIPTokenizer.from_pretrained(str(files), model_max_length=model_max_length, pad_token=EOS,
+                                             unk_token=EOS, bos_token=BOS, eos_token=EOS)

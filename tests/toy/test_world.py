@@ -71,6 +71,23 @@ def test_world_tokenizer_one_token_per_word():
     assert tok.eos_token_id == max(tok.get_vocab().values())
 
 
+def test_world_tokenizer_leaves_no_temp_files_and_round_trips(tmp_path, monkeypatch):
+    """Its files live in a temporary folder only while it is built; it still saves and reloads whole."""
+    import tempfile
+
+    from transformers import CLIPTokenizer
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    tok = build_world_tokenizer()
+    assert list((tmp_path / "tmp").iterdir()) == []
+    tok.save_pretrained(tmp_path / "saved")
+    again = CLIPTokenizer.from_pretrained(str(tmp_path / "saved"))
+    text = "a red striped circle"
+    assert again(text).input_ids == tok(text).input_ids
+    assert again.get_vocab() == tok.get_vocab()
+
+
 def test_merges_are_minimal_chains():
     merges = world_merges(("circle", "ring", "triangle"))
     assert len(merges) <= sum(len(w) - 1 for w in ("circle", "ring", "triangle"))
