@@ -21,9 +21,14 @@ from cad.toy.render import render_dataset
 from cad.toy.world import KINDS, kind_of
 
 
+ALL_CONCEPTS: tuple[str, ...] = tuple(c for k in KINDS for c in KINDS[k])
+
+
 @dataclass(frozen=True)
 class ClaimsConfig:
-    concepts: tuple[str, ...] = ("circle", "striped", "red")
+    # every concept of the world by default: the claim for a kind is judged on all of its concepts, so which
+    # ones CAD erases (and which it does not) is reported rather than chosen
+    concepts: tuple[str, ...] = ALL_CONCEPTS
     ratios: tuple[float, ...] = (0.005, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.2, 0.3)
     # "tensor": the top ratio of each ff tensor. The reference's "row" rule keeps int(ratio * columns) per row,
     # which with 32-column tensors here is 0 below ratio 1/32 and moves in steps of 3%; on kit v2 "tensor" and
@@ -113,14 +118,15 @@ def concept_scores(pipe, concept: str, cfg: ClaimsConfig, progress: bool = False
 
 
 class SweepCache:
-    """What the sweeps of one concept share across rules: scores per concept, the unedited accuracies, and
-    the random controls' accuracies by edit fingerprint (tensor-granularity edits of the same ratio ablate
-    the same count per tensor, so their controls are one and the same edit)."""
+    """What the sweeps of one run share across rules and concepts: scores per concept (a retain rule needs
+    every sibling's), the unedited accuracies per kind, and the random controls' accuracies per kind and edit
+    fingerprint (tensor-granularity edits of the same ratio ablate the same count per tensor, so the controls
+    of every concept and rule at that ratio are one and the same edit)."""
 
     def __init__(self):
         self.scores: dict[str, object] = {}
         self.base: dict[str, tuple] = {}
-        self.controls: dict[str, dict] = {}
+        self.controls: dict[tuple[str, str], dict] = {}
 
     def scores_of(self, pipe, concept, cfg, progress=False):
         if concept not in self.scores:
@@ -156,9 +162,10 @@ def erase_sweep(pipe, classifier, concept: str, cfg: ClaimsConfig, progress: boo
         edit = cad.Edit.from_scores(ranked, ratio, sign="positive", granularity=cfg.granularity)
         control = cad.Edit.random_like(edit, seed=cfg.random_seed)
         acc, img = kind_accuracies(pipe, classifier, kind, cfg, edit)
-        if control.fingerprint not in cache.controls:
-            cache.controls[control.fingerprint] = kind_accuracies(pipe, classifier, kind, cfg, control)[0]
-        racc = cache.controls[control.fingerprint]
+        key = (kind, control.fingerprint)
+        if key not in cache.controls:
+            cache.controls[key] = kind_accuracies(pipe, classifier, kind, cfg, control)[0]
+        racc = cache.controls[key]
         t, o = _split(acc, concept)
         rt, ro = _split(racc, concept)
         grids[ratio] = img
@@ -185,6 +192,23 @@ def erase_claims(erase: list[dict]) -> list[dict]:
     """erase_claim for every concept of a list of sweeps (several rules per concept), in first-seen order."""
     concepts = dict.fromkeys(s["concept"] for s in erase)
     return [erase_claim([s for s in erase if s["concept"] == c]) for c in concepts]
+
+
+def kind_claims(erase: list[dict]) -> list[dict]:
+    """The issue's claim per kind ("CAD-Erase of an object / a style / a color"): it holds when some concept of
+    the kind meets the bars; every concept swept is listed as passing or failing, per rule."""
+    verdicts = erase_claims(erase)
+    kinds = dict.fromkeys(kind_of(v["concept"]) for v in verdicts)
+    out = []
+    for kind in kinds:
+        mine = [v for v in verdicts if kind_of(v["concept"]) == kind]
+        rules = list(dict.fromkeys(r for v in mine for r in v["rules"]))
+        out.append({"kind": kind, "passes": any(v["passes"] for v in mine),
+                    "passing": [v["concept"] for v in mine if v["passes"]],
+                    "failing": [v["concept"] for v in mine if not v["passes"]],
+                    "by_rule": {r: [v["concept"] for v in mine if r in v["passing_rules"]] for r in rules},
+                    "n": len(mine)})
+    return out
 
 
 def amplify_claim(pipe, classifier, concept: str, cfg: ClaimsConfig, erase: dict | None = None,

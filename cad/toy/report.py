@@ -67,20 +67,33 @@ def fidelity_scatter(path: Path, fid: dict) -> Path:
 
 
 def claims_table(erase: list[dict], amp: dict | None, fid: dict | None) -> str:
-    """Markdown: a verdict per claim (an erase claim passes when some rule meets the bars at some ratio), then
-    every erase sweep row per rule, the amplify result, the fidelity r."""
-    from cad.toy.claims import erase_claims
+    """Markdown: a verdict per claim (CAD-Erase of a kind passes when some concept of it meets the bars under
+    some rule at some ratio; each concept's verdict follows), then every erase sweep row per rule, the amplify
+    result, the fidelity r."""
+    from cad.toy.claims import erase_claims, kind_claims
 
     out = ["| claim | verdict |", "|---|---|"]
-    for v in erase_claims(erase):
-        rules = ", ".join(f"{r}: {'pass' if r in v['passing_rules'] else 'fail'}" for r in v["rules"])
-        out.append(f"| CAD-Erase '{v['concept']}' | {'PASS' if v['passes'] else 'FAIL'} ({rules}) |")
+    for k in kind_claims(erase):
+        by_rule = "; ".join(f"{r}: {len(c)}" for r, c in k["by_rule"].items())
+        out.append(f"| CAD-Erase of a {k['kind']} | {'PASS' if k['passes'] else 'FAIL'}: {len(k['passing'])} of "
+                   f"{k['n']} concepts ({', '.join(k['passing']) or 'none'}; by rule {by_rule}) |")
     if amp is not None:
         out.append(f"| CAD-Amplify '{amp['concept']}' | {'PASS' if amp['passes'] else 'FAIL'} "
                    f"({amp['gain'] * 100:+.0f} points) |")
     if fid is not None:
         out.append(f"| fidelity r ('{fid['concept']}', {fid['n']} ablations) | {fid['pearson_r']:.3f} "
                    f"(SD 1.4: 0.506) |")
+    # per rule, the first passing row; failing, the lowest target among rows whose others drop <= 10 points
+    # (or the lowest target of all when none does)
+    out += ["\n| concept | verdict | per rule: ratio, target, others (random control's target) |", "|---|---|---|"]
+    for v in erase_claims(erase):
+        best = []
+        for s in (s for s in erase if s["concept"] == v["concept"]):
+            row = next((r for r in s["rows"] if r["passes"]), None) or min(
+                s["rows"], key=lambda r: (s["base_others"] - r["others"] > 0.1, r["target"]))
+            best.append(f"{s['rule']}: {row['ratio']}, {row['target']:.2f}, {row['others']:.2f} "
+                        f"({row['random_target']:.2f}){' pass' if row['passes'] else ''}")
+        out.append(f"| {v['concept']} | {'PASS' if v['passes'] else 'FAIL'} | {'; '.join(best)} |")
     for s in erase:
         rule = s["rule"]
         how = ("top alpha of the target (the paper's rule)" if rule == "cad" else

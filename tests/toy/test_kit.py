@@ -160,6 +160,14 @@ def test_claims_pipeline_on_micro_kit(micro_kit, tmp_path):
     report.fidelity_scatter(tmp_path / "fid.png", fid)
     table = report.claims_table([sweep, aware], amp, fid)
     assert "CAD-Erase 'circle'" in table and "Pearson r" in table and "rule 'retain'" in table
+    assert "CAD-Erase of a shape" in table and "| circle |" in table
+    # one cache across concepts: the second concept of the kind reuses the scores and the random control
+    square = claims.erase_sweep(pipe, micro_kit.classifier, "square", cfg, cache=cache)
+    assert len(cache.controls) == 1 and square["rows"][0]["random_target"] is not None
+    kinds = claims.kind_claims([sweep, aware, square])
+    assert [k["kind"] for k in kinds] == ["shape"] and kinds[0]["n"] == 2
+    assert sorted(kinds[0]["passing"] + kinds[0]["failing"]) == ["circle", "square"]
+    assert kinds[0]["passes"] == bool(kinds[0]["passing"]) and set(kinds[0]["by_rule"]) == {"cad", "retain"}
     assert all((tmp_path / f).stat().st_size > 0 for f in ("erase.png", "amp.png", "fid.png"))
 
 
@@ -177,3 +185,32 @@ def test_committed_kit_matches_committed_recipe():
     assert kit.classifier(torch.zeros(1, 3, 32, 32))["shape"].shape == (1, 6)
     assert set(kit.manifest["quality"]["passes"]) == {
         "classifier_rendered", "classifier_vae", "generated_shape", "generated_style", "generated_color"}
+
+
+def test_register_clip_config_leaves_no_files_and_latest_wins(tmp_path, monkeypatch):
+    import tempfile
+
+    import open_clip
+
+    from cad.toy.models import clip_config, register_clip_config
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    for width in (32, 48):
+        name = register_clip_config(clip_config(width=width, embed_dim=width), name="cad-test-clip")
+    assert list(tmp_path.iterdir()) == []
+    model = open_clip.create_model(name)
+    assert model.text_projection.shape[-1] == 48
+
+
+def test_toy_claims_rejects_unknown_concepts():
+    from experiments.toy_claims import main
+
+    with pytest.raises(ValueError, match="unknown toy-world concept 'hexagon'.*circle"):
+        main(["--concepts", "hexagon", "--out", "/nonexistent/never-written"])
+
+
+def test_claims_default_to_every_concept():
+    from cad.toy.claims import ClaimsConfig
+    from cad.toy.world import KINDS
+
+    assert set(ClaimsConfig().concepts) == {c for k in KINDS for c in KINDS[k]}
