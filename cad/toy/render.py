@@ -94,8 +94,10 @@ def _style_mask(style: str, mask: np.ndarray, x: np.ndarray, y: np.ndarray) -> n
         return mask & ~_erode(mask, 3)
     if style == "striped":  # horizontal stripes, period 4 px
         return mask & (np.floor(y / 2.0) % 2 == 0)
-    if style == "dotted":  # 2x2 px dots on a 4 px lattice
-        return mask & (np.floor(x / 2.0) % 2 == 0) & (np.floor(y / 2.0) % 2 == 0)
+    if style == "dotted":  # 2x2 px dots on a 4 px lattice, in the rows the stripes leave empty
+        # (kit v3 put the dots inside the stripe rows, so every dotted image was a striped image with columns
+        # removed; erasing "striped" then always took "dotted" with it)
+        return mask & (np.floor(x / 2.0) % 2 == 1) & (np.floor(y / 2.0) % 2 == 1)
     raise ValueError(f"unknown style {style!r}; choose one of {STYLES}")
 
 

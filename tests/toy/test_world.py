@@ -38,6 +38,19 @@ def test_every_concept_renders_distinctly():
     assert drawn[0] > 0.8 and drawn[1] < 0.3 and drawn[2] < 0.3
 
 
+def test_textures_are_not_nested():
+    """Dots sit in the rows the stripes leave empty: no dotted pixel is a striped pixel of the same scene
+    (kit v3's dots lay inside the stripes, and erasing "striped" always erased "dotted" too)."""
+    from cad.toy.render import BACKGROUND
+
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        base = sample_scene(rng, style="striped", color="red")
+        ink = {s: render(type(base)(**{**base.__dict__, "style": s}))[0] - BACKGROUND for s in ("striped", "dotted")}
+        assert (ink["striped"] > 0).sum() > 0 and (ink["dotted"] > 0).sum() > 0
+        assert (ink["striped"] * ink["dotted"]).max() < 0.05  # at most antialiased edge pixels touch
+
+
 def test_fixed_attributes_and_bad_names():
     d = render_dataset(12, seed=0, shape="ring", color="cyan")
     assert (d.labels[:, 0] == SHAPES.index("ring")).all() and (d.labels[:, 2] == COLORS.index("cyan")).all()
