@@ -18,6 +18,15 @@ class LoadedModel:
     source: str         # what was loaded (hub id or folder)
     fingerprint: str    # cad.loading.unet_fingerprint of the UNet as used (after the checkpoint)
     checkpoint: str | None
+    # a hash of the UNet, text encoder and VAE weights: what the images and attributions depend on
+    pipeline_fingerprint: str = ""
+
+    @property
+    def cache_key(self) -> str:
+        """Folder name of this model's image cache: the name plus the weights' hash, so that a model folder (or
+        a toy kit) updated in place gets new images instead of another version's (the name alone stays the
+        label in results and reports)."""
+        return f"{self.key}-{self.pipeline_fingerprint[:12]}" if self.pipeline_fingerprint else self.key
 
 
 def resolve_device(device: str) -> str:
@@ -66,4 +75,19 @@ def load_model(model: dict, *, device: str = "auto", toy_kit: str | None = None)
         load_unet_checkpoint(pipe, ckpt)
     fingerprint = unet_fingerprint(pipe.unet)
     key = str(model["name"]) + (f"+{Path(str(ckpt)).stem}-{fingerprint[:8]}" if ckpt else "")
-    return LoadedModel(pipe, kit, key, source, fingerprint, str(ckpt) if ckpt else None)
+    return LoadedModel(pipe, kit, key, source, fingerprint, str(ckpt) if ckpt else None,
+                       pipeline_fingerprint=pipeline_fingerprint(pipe, fingerprint))
+
+
+def pipeline_fingerprint(pipe, unet_fp: str | None = None) -> str:
+    """A hash over the UNet, text encoder and VAE weights (cad.loading.unet_fingerprint of each module)."""
+    import hashlib
+
+    from cad.loading import unet_fingerprint
+
+    h = hashlib.blake2b(digest_size=16)
+    h.update((unet_fp or unet_fingerprint(pipe.unet)).encode())
+    for name in ("text_encoder", "vae"):
+        module = getattr(pipe, name, None)
+        h.update(f"|{name}:{unet_fingerprint(module) if module is not None else '-'}".encode())
+    return h.hexdigest()

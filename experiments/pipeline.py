@@ -47,7 +47,7 @@ def attribute_cached(loaded: LoadedModel, concept: dict, method: dict, attributi
         folder = Path(str(attribution["scores"])).expanduser()
         return AttributionScores.load(folder, unet=loaded.pipe.unet), folder, True
     settings = attribution_settings(model, concept, method, attribution)
-    key = stable_hash({"unet": loaded.fingerprint, **settings})
+    key = stable_hash({"unet": loaded.fingerprint, "pipeline": loaded.pipeline_fingerprint, **settings})
     folder = outputs / "attributions" / loaded.key / concept["name"] / key
     if (folder / "scores.safetensors").is_file():
         return AttributionScores.load(folder, unet=loaded.pipe.unet), folder, True
@@ -111,13 +111,13 @@ def generate_cached(loaded: LoadedModel, benchmark, edit, model: dict, generatio
 
     s = sampler_of(model, generation)
     sampler = sampler_settings(loaded.pipe, **s)
-    out = image_dir(outputs, loaded.key, edit, sampler, benchmark)
+    out = image_dir(outputs, loaded.cache_key, edit, sampler, benchmark)
     generate(loaded.pipe, benchmark, out, edit=edit, steps=s["steps"], guidance=s["guidance"], height=s["height"],
              width=s["width"], batch_size=int(generation.get("batch_size", 8)), seed_mode=s["seed_mode"],
              fixed_seed=s["fixed_seed"], shard=int(generation.get("shard", 0)),
              num_shards=int(generation.get("num_shards", 1)), progress=False,
              info={"model": loaded.source, "model_key": loaded.key, "unet_fingerprint": loaded.fingerprint,
-                   "checkpoint": loaded.checkpoint})
+                   "pipeline_fingerprint": loaded.pipeline_fingerprint, "checkpoint": loaded.checkpoint})
     return out
 
 
