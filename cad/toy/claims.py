@@ -20,7 +20,6 @@ from cad.toy.quality import concept_accuracy, concept_prompt, predict, sample
 from cad.toy.render import render_dataset
 from cad.toy.world import KINDS, kind_of
 
-
 ALL_CONCEPTS: tuple[str, ...] = tuple(c for k in KINDS for c in KINDS[k])
 
 

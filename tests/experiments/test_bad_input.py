@@ -101,7 +101,7 @@ def test_unknown_granularity_names_the_choices():
 
 @pytest.mark.parametrize(("override", "fix"), [
     ("method.retain=[unicorn]", "choose one of: .*church"),
-    ("method.retain=[circle]", "erased concept itself"),
+    ("method.retain=[diamond]", "erased concept itself"),
     ("method.retain=everything", "method.retain=siblings"),
     ("method.retain_reduce=median", "mean.*max"),
 ])

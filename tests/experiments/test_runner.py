@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from evaluation.report import load_results, markdown_tables
 from experiments import repo_root
@@ -36,7 +37,7 @@ def test_main_job_and_sweep_reuse(toy, tmp_path):
     for values in first["metrics"].values():
         assert 0.0 <= values["toy_objects/acc_target"] <= 1.0 and 0.0 <= values["toy_objects/acc_others"] <= 1.0
     written = json.loads((tmp_path / "run1" / "metrics.json").read_text())
-    assert written["run"]["concept"] == "circle" and written["edits"]["edited"]["n_ablated"] > 0
+    assert written["run"]["concept"] == "diamond" and written["edits"]["edited"]["n_ablated"] > 0
     assert written["run"]["run_id"] == str(tmp_path / "run1")  # outside the outputs root: the absolute folder
     assert (tmp_path / "run1" / "grid_toy_objects.png").is_file()  # original / edited / random rows
     assert written["edits"]["edited"]["n_ablated"] == written["edits"]["random-0"]["n_ablated"]
@@ -122,11 +123,36 @@ def test_retain_siblings_ranks_against_the_other_shapes(toy, tmp_path):
     plain = run_from_config(compose_config(MICRO + ["method.ratio=0.05"]), tmp_path / "plain")
     aware = run_from_config(compose_config(MICRO + ["method.ratio=0.05", "method.retain=siblings"]), tmp_path / "aware")
     assert aware["attribution_reused"] and aware["run"]["scores_path"] == plain["run"]["scores_path"]
-    assert aware["run"]["retain"] == ["cross", "diamond", "ring", "square", "triangle"]
+    assert aware["run"]["retain"] == ["circle", "cross", "ring", "square", "triangle"]
     shapes = {p.parent.parent.name for p in (toy / "attributions").rglob("scores.safetensors")}
     assert shapes == {"circle", "cross", "diamond", "ring", "square", "triangle"}
     edited = aware["edits"]["edited"]
     assert edited["fingerprint"] != plain["edits"]["edited"]["fingerprint"]
     rows = load_results(toy / "results.jsonl")
-    assert {tuple(r["retain"] or ()) for r in rows} == {(), ("cross", "diamond", "ring", "square", "triangle")}
+    assert {tuple(r["retain"] or ()) for r in rows} == {(), ("circle", "cross", "ring", "square", "triangle")}
     assert "cad_erase+retain@0.05" in markdown_tables(rows) and "cad_erase@0.05" in markdown_tables(rows)
+
+
+def test_image_cache_is_per_model_weights(toy, micro_kit, tmp_path, monkeypatch):
+    """Images are cached under the model name plus a hash of its UNet, text encoder and VAE: a kit (or model
+    folder) replaced in place under the same name renders new images instead of reusing the old ones."""
+    import dataclasses
+
+    from cad.toy.kit import RECIPES, train_kit
+    from experiments.models import load_model, pipeline_fingerprint
+
+    cfg = compose_config(MICRO + ["method.ratio=0.02"])
+    first = run_from_config(cfg, tmp_path / "run1")
+    other = train_kit(tmp_path / "other-kit", dataclasses.replace(RECIPES["micro"], seed=1), progress=False,
+                      measure=False)
+    monkeypatch.setenv("CAD_TOY_KIT", str(other.path))
+    second = run_from_config(compose_config(MICRO + ["method.ratio=0.02"]), tmp_path / "run2")
+    a, b = (first["images"]["toy_objects@v1"]["original"], second["images"]["toy_objects@v1"]["original"])
+    assert a != b and "/images/toy-" in a and "/images/toy-" in b
+    assert first["run"]["model"] == second["run"]["model"] == "toy"  # the label in results stays the name
+    loaded = load_model({"id": "toy", "name": "toy"}, device="cpu", toy_kit=str(micro_kit.path))
+    assert loaded.cache_key == f"toy-{loaded.pipeline_fingerprint[:12]}"
+    assert pipeline_fingerprint(loaded.pipe) == loaded.pipeline_fingerprint
+    with torch.no_grad():
+        next(loaded.pipe.vae.parameters()).add_(1.0)  # the VAE alone changes the images, so it changes the key
+    assert pipeline_fingerprint(loaded.pipe) != loaded.pipeline_fingerprint
