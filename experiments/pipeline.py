@@ -47,7 +47,7 @@ def attribute_cached(loaded: LoadedModel, concept: dict, method: dict, attributi
         folder = Path(str(attribution["scores"])).expanduser()
         return AttributionScores.load(folder, unet=loaded.pipe.unet), folder, True
     settings = attribution_settings(model, concept, method, attribution)
-    key = stable_hash({"unet": loaded.fingerprint, "pipeline": loaded.pipeline_fingerprint, **settings})
+    key = stable_hash({"pipeline": loaded.pipeline_fingerprint, **settings})  # UNet, text encoder and VAE
     folder = outputs / "attributions" / loaded.key / concept["name"] / key
     if (folder / "scores.safetensors").is_file():
         return AttributionScores.load(folder, unet=loaded.pipe.unet), folder, True

@@ -175,6 +175,7 @@ def erase_sweep(pipe, classifier, concept: str, cfg: ClaimsConfig, progress: boo
                      and t0 - rt <= cfg.bar_random_drop})
     return {"concept": concept, "kind": kind, "rule": rule, "space": cfg.space, "base_prompt": base_prompt_for(concept, cfg.base_prompt),
             "granularity": cfg.granularity, "retain": ranked.meta.get("retain"),
+            "bars": {"target": cfg.bar_target, "others_drop": cfg.bar_others_drop, "random_drop": cfg.bar_random_drop},
             "base_target": t0, "base_others": o0, "base_per_concept": base_acc,
             "rows": rows, "passes": any(r["passes"] for r in rows), "scores": cache.scores[concept],
             "images": grids}

@@ -83,14 +83,14 @@ def claims_table(erase: list[dict], amp: dict | None, fid: dict | None) -> str:
     if fid is not None:
         out.append(f"| fidelity r ('{fid['concept']}', {fid['n']} ablations) | {fid['pearson_r']:.3f} "
                    f"(SD 1.4: 0.506) |")
-    # per rule, the first passing row; failing, the lowest target among rows whose others drop <= 10 points
+    # per rule, the first passing row; failing, the lowest target among rows whose others drop within the bar
     # (or the lowest target of all when none does)
     out += ["\n| concept | verdict | per rule: ratio, target, others (random control's target) |", "|---|---|---|"]
     for v in erase_claims(erase):
         best = []
         for s in (s for s in erase if s["concept"] == v["concept"]):
             row = next((r for r in s["rows"] if r["passes"]), None) or min(
-                s["rows"], key=lambda r: (s["base_others"] - r["others"] > 0.1, r["target"]))
+                s["rows"], key=lambda r: (s["base_others"] - r["others"] > s["bars"]["others_drop"], r["target"]))
             best.append(f"{s['rule']}: {row['ratio']}, {row['target']:.2f}, {row['others']:.2f} "
                         f"({row['random_target']:.2f}){' pass' if row['passes'] else ''}")
         out.append(f"| {v['concept']} | {'PASS' if v['passes'] else 'FAIL'} | {'; '.join(best)} |")
@@ -102,12 +102,13 @@ def claims_table(erase: list[dict], amp: dict | None, fid: dict | None) -> str:
         out.append(f"\n### CAD-Erase '{s['concept']}' ({s['kind']}), rule '{rule}': unedited target "
                    f"{s['base_target']:.2f}, others {s['base_others']:.2f} -- {'PASS' if s['passes'] else 'FAIL'}\n")
         out.append(f"Selection: {how}.")
+        bars = s["bars"]
         out.append(f"J_erase base prompt c_base = {s.get('base_prompt', '')!r}"
                    f"{' (an anchor concept, not the default empty prompt)' if s.get('base_prompt') else ''}; "
                    f"component space {s.get('space', 'ff')!r}, selection granularity {s.get('granularity', 'row')!r}. "
-                   f"The bar: target <= 10%, others drop <= 10 points, and the random control (as many weights of "
-                   f"the space, per tensor) lowers the "
-                   f"target <= 10 points.\n")
+                   f"The bar: target <= {bars['target']:.0%}, others drop <= {bars['others_drop'] * 100:.0f} points, "
+                   f"and the random control (as many weights of the space, per tensor) lowers the target <= "
+                   f"{bars['random_drop'] * 100:.0f} points.\n")
         out.append("| ratio | ablated | fraction | target | others | random: target | random: others | bar |")
         out.append("|---|---|---|---|---|---|---|---|")
         for r in s["rows"]:
