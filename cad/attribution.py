@@ -24,20 +24,10 @@ from datetime import datetime, timezone
 import torch
 from tqdm.auto import tqdm
 
+from cad.backbones import Backbone, wrap
 from cad.components import enable_only, get_space, requires_grad_state, restore_requires_grad
 from cad.io import package_versions
-from cad.loading import model_name, unet_fingerprint
-from cad.objectives import (
-    amplify_objective,
-    concept_latents,
-    ddim_schedule,
-    embed,
-    erase_objective,
-    erase_term,
-    guided_step,
-    initial_latents,
-    new_buffers,
-)
+from cad.objectives import amplify_objective, concept_latents, erase_objective, erase_term, new_buffers, schedule
 from cad.scores import AttributionScores
 
 OBJECTIVES = ("erase", "amplify")
@@ -46,30 +36,26 @@ SIGN_CONVENTION = ("alpha = w * dJ/dw of the maximised J (first-order J(w) - J(w
                    "top positive alpha of J_erase, CAD-Amplify zeroes top negative alpha of J_amplify")
 
 
-def _restart_erase(pipe, prompt, *, base_prompt, negative_prompt, steps, guidance, num_samples, seed, params,
-                   height, width, progress):
-    unet, k = pipe.unet, num_samples
-    sched = ddim_schedule(pipe, steps)
-    cond, base = embed(pipe, prompt, k), embed(pipe, base_prompt, k)
-    uncond = base if negative_prompt == base_prompt else embed(pipe, negative_prompt, k)
+def _restart_erase(bb: Backbone, prompt, *, base_prompt, negative_prompt, steps, guidance, num_samples, seed,
+                   params, height, width, progress):
+    k = num_samples
+    size = dict(height=height, width=width)
+    cond, base = bb.encode(prompt, **size), bb.encode(base_prompt, **size)
+    uncond = base if negative_prompt == base_prompt else bb.encode(negative_prompt, **size)
     gen = torch.Generator("cpu").manual_seed(seed)
     acc, calls, terms = new_buffers(params), 0, []
-    timesteps = sched.timesteps
+    timesteps = schedule(bb, steps, height, width).timesteps
     for i in tqdm(range(len(timesteps)), desc="restart", disable=not progress):
-        x = initial_latents(pipe, sched, k, gen, height, width)
+        # A fresh scheduler per restart: flow-matching schedulers count their own steps.
+        sched = schedule(bb, steps, height, width)
+        x = bb.initial_latents(sched, k, gen, height, width)
         for j in range(i + 1):
-            x = guided_step(unet, sched, x, timesteps[j], cond, uncond, guidance) if guidance > 1.0 else \
-                _plain_step(unet, sched, x, timesteps[j], cond)
+            x = bb.guided_step(sched, x, timesteps[j], cond, uncond, guidance)
             calls += 1
-        term, _, _ = erase_term(unet, sched, x, timesteps[i], cond, base, params, acc)
+        term, _, _ = erase_term(bb, sched, x, timesteps[i], cond, base, params, acc)
         calls += 2
         terms.append(float(term))
     return sum(terms), acc, calls, terms
-
-
-@torch.no_grad()
-def _plain_step(unet, sched, x, t, cond):
-    return sched.step(unet(sched.scale_model_input(x, t), t, encoder_hidden_states=cond).sample, t, x).prev_sample
 
 
 def _describe_images(images, image_prompt, latents) -> dict:
@@ -91,7 +77,8 @@ def attribute(pipe, prompt: str, *, objective: str = "erase", base_prompt: str =
               estimator: str = "trajectory", space="ff", images=None, image_prompt: str | None = None,
               num_images: int = 8, image_guidance: float = 7.5, batch_size: int = 8, height: int | None = None,
               width: int | None = None, progress: bool = True) -> AttributionScores:
-    """Attribution scores of `prompt`'s concept for every weight of `space` in pipe.unet.
+    """Attribution scores of `prompt`'s concept for every weight of `space` in the denoiser of `pipe` (a
+    diffusers pipeline of any supported family, or a cad Backbone; `space` resolves in its family).
 
     erase: J_erase on K = num_samples guided trajectories (guidance, negative_prompt) against base_prompt.
     amplify: J_amplify on latents of `images` (folder, PIL list, [0,1] tensor) or, with images=None, of
@@ -109,19 +96,21 @@ def attribute(pipe, prompt: str, *, objective: str = "erase", base_prompt: str =
         raise ValueError(f"num_samples and steps must be >= 1 (got {num_samples}, {steps})")
     if not isinstance(prompt, str) or not prompt:
         raise ValueError("prompt must be a non-empty string naming the concept")
-    space = get_space(space)
-    unet = pipe.unet
+    bb = wrap(pipe)
+    space = get_space(space, bb.family)
+    unet = bb.denoiser
     started = time.perf_counter()
-    fingerprint = unet_fingerprint(unet)
+    fingerprint = bb.denoiser_fingerprint()
     meta = {
-        "model": model_name(pipe), "unet_fingerprint": fingerprint, "concept": prompt, "objective": objective,
+        "model": bb.name, "family": bb.family, "prediction_type": bb.prediction_type,
+        "unet_fingerprint": fingerprint, "concept": prompt, "objective": objective,
         "estimator": estimator if objective == "erase" else "direct", "steps": steps, "num_samples": num_samples,
         "seed": seed, "space": space.describe(), "dtype": str(unet.dtype).replace("torch.", ""),
         "device": str(unet.device), "sign_convention": SIGN_CONVENTION,
     }
     latents = None
     if objective == "amplify":
-        latents = concept_latents(pipe, images, prompt=image_prompt or prompt, num_images=num_images, seed=seed,
+        latents = concept_latents(bb, images, prompt=image_prompt or prompt, num_images=num_images, seed=seed,
                                   steps=steps, guidance=image_guidance, batch_size=batch_size,
                                   height=height, width=width)
         meta["images"] = _describe_images(images, image_prompt or prompt, latents)
@@ -133,17 +122,17 @@ def attribute(pipe, prompt: str, *, objective: str = "erase", base_prompt: str =
     try:
         params = enable_only(unet, space)
         if objective == "amplify":
-            res = amplify_objective(pipe, latents, prompt, steps=steps, num_samples=num_samples, seed=seed,
+            res = amplify_objective(bb, latents, prompt, steps=steps, num_samples=num_samples, seed=seed,
                                     params=params, batch_size=batch_size, progress=progress)
             value, grads, calls, terms = res.value, res.grads, res.unet_calls, res.terms
         elif estimator == "trajectory":
-            res = erase_objective(pipe, prompt, base_prompt=base_prompt, negative_prompt=negative_prompt,
+            res = erase_objective(bb, prompt, base_prompt=base_prompt, negative_prompt=negative_prompt,
                                   steps=steps, guidance=guidance, num_samples=num_samples, seed=seed,
                                   params=params, height=height, width=width, progress=progress)
             value, grads, calls, terms = res.value, res.grads, res.unet_calls, res.terms
         else:
             value, grads, calls, terms = _restart_erase(
-                pipe, prompt, base_prompt=base_prompt, negative_prompt=negative_prompt, steps=steps,
+                bb, prompt, base_prompt=base_prompt, negative_prompt=negative_prompt, steps=steps,
                 guidance=guidance, num_samples=num_samples, seed=seed, params=params, height=height,
                 width=width, progress=progress)
         with torch.no_grad():

@@ -1,9 +1,10 @@
-"""Component spaces: the one place that decides which UNet tensors are attributed and edited.
+"""Component spaces: the one place that decides which denoiser tensors are attributed and edited.
 
-A space is a regex over parameter names plus the tensor ranks it admits. The default `ff` space is the
-paper's choice: the 2-D weights whose name contains "ff" (the GEGLU feed-forward matrices of every
-transformer block; 32 tensors and 148,684,800 weights in SD 1.4), exactly the filter of the reference
-implementation (mail-research/CAD-attribution4diffusion, benchmarking/utils.py, `ablate_model`).
+A space is a regex over parameter names plus the tensor ranks it admits. Presets are per model family
+(`Backbone.spaces`, e.g. cad/backbones/sd.py): `ff` always means the feed-forward weights of the
+denoiser's transformer blocks, the paper's choice (on SD 1.4: 32 tensors, 148,684,800 weights, the same
+tensors as the reference implementation's filter, mail-research/CAD-attribution4diffusion `ablate_model`);
+on SD 3 / FLUX the image stream's `ff` apart from `ff_context`. "regex:<re>" picks any tensors.
 """
 
 from __future__ import annotations
@@ -13,17 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-_ATTN = r"\.attn{which}\.(to_q|to_k|to_v|to_out\.0)\.weight$"
-
-PRESETS: dict[str, tuple[str, tuple[int, ...] | None]] = {
-    "ff": (r"ff", (2,)),
-    "attn": (_ATTN.format(which="[12]"), (2,)),
-    "self_attn": (_ATTN.format(which="1"), (2,)),
-    "cross_attn": (_ATTN.format(which="2"), (2,)),
-    "linear": (r"\.weight$", (2,)),
-    "conv": (r"\.weight$", (4,)),
-}
-
+from cad.backbones import Backbone, denoiser_of
 
 @dataclass(frozen=True)
 class ComponentSpace:
@@ -38,9 +29,9 @@ class ComponentSpace:
             return False
         return re.search(self.pattern, name) is not None
 
-    def select(self, unet: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
-        """The chosen parameters of `unet` (or a pipeline's UNet), in the module's own order."""
-        unet = getattr(unet, "unet", unet)
+    def select(self, unet) -> dict[str, torch.nn.Parameter]:
+        """The chosen parameters of a denoiser (or a pipeline's / backbone's), in the module's own order."""
+        unet = denoiser_of(unet)
         chosen = {n: p for n, p in unet.named_parameters() if self.matches(n, p)}
         if not chosen:
             example = next(iter(dict(unet.named_parameters())), "<none>")
@@ -54,8 +45,15 @@ class ComponentSpace:
         return {"name": self.name, "pattern": self.pattern, "ndims": list(self.ndims) if self.ndims else None}
 
 
-def get_space(space: str | ComponentSpace = "ff") -> ComponentSpace:
-    """A preset by name ("ff", "attn", "self_attn", "cross_attn", "linear", "conv") or "regex:<re>"."""
+def presets(family: str = "sd") -> dict[str, tuple[str, tuple[int, ...] | None]]:
+    """The component-space presets of a model family."""
+    from cad.backbones import get_family
+
+    return get_family(family).spaces
+
+
+def get_space(space: str | ComponentSpace = "ff", family: str = "sd") -> ComponentSpace:
+    """A preset of `family` by name ("ff", "attn", "cross_attn", "linear", "conv", ...) or "regex:<re>"."""
     if isinstance(space, ComponentSpace):
         return space
     if not isinstance(space, str):
@@ -69,19 +67,23 @@ def get_space(space: str | ComponentSpace = "ff") -> ComponentSpace:
         if not pattern:
             raise ValueError("empty regex in component space 'regex:'; write e.g. 'regex:attn2\\.to_k'")
         return ComponentSpace(space, pattern, None)
-    if space not in PRESETS:
-        raise ValueError(f"unknown component space {space!r}; choose one of {sorted(PRESETS)} or 'regex:<re>'")
-    pattern, ndims = PRESETS[space]
+    table = presets(family)
+    if space not in table:
+        raise ValueError(f"unknown component space {space!r} for the {family} family; choose one of "
+                         f"{sorted(table)} or 'regex:<re>'")
+    pattern, ndims = table[space]
     return ComponentSpace(space, pattern, ndims)
 
 
-def enable_only(unet: torch.nn.Module, space: str | ComponentSpace) -> dict[str, torch.nn.Parameter]:
-    """Give `requires_grad` to the space's tensors only (every other UNet parameter is frozen).
+def enable_only(unet, space: str | ComponentSpace, family: str | None = None) -> dict[str, torch.nn.Parameter]:
+    """Give `requires_grad` to the space's tensors only (every other denoiser parameter is frozen).
 
     Returns the chosen parameters. Freezing the rest keeps autograd from storing gradients nobody reads.
+    A preset name resolves in `family` (default: the family of the pipeline or backbone given, else "sd").
     """
-    unet = getattr(unet, "unet", unet)
-    chosen = get_space(space).select(unet)
+    family = family or _family_of(unet)
+    unet = denoiser_of(unet)
+    chosen = get_space(space, family).select(unet)
     for name, p in unet.named_parameters():
         p.requires_grad_(name in chosen)
     return chosen
@@ -89,11 +91,25 @@ def enable_only(unet: torch.nn.Module, space: str | ComponentSpace) -> dict[str,
 
 def requires_grad_state(unet: torch.nn.Module) -> dict[str, bool]:
     """Snapshot of every parameter's requires_grad flag, to restore after an attribution."""
-    unet = getattr(unet, "unet", unet)
+    unet = denoiser_of(unet)
     return {n: p.requires_grad for n, p in unet.named_parameters()}
 
 
 def restore_requires_grad(unet: torch.nn.Module, state: dict[str, bool]) -> None:
-    unet = getattr(unet, "unet", unet)
+    unet = denoiser_of(unet)
     for n, p in unet.named_parameters():
         p.requires_grad_(state.get(n, p.requires_grad))
+
+
+def _family_of(obj) -> str:
+    if isinstance(obj, Backbone):
+        return obj.family
+    from cad.backbones import families, family_of, get_family
+
+    if isinstance(obj, torch.nn.Module):
+        # A bare denoiser: the first family that names its class (SD and SDXL UNets share their presets).
+        for fam in families():
+            if type(obj).__name__ in get_family(fam).denoiser_classes:
+                return fam
+        return "sd"
+    return family_of(obj)

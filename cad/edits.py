@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from cad.backbones import denoiser_of
 from cad.io import atomic_write_bytes, atomic_write_json, package_versions
 from cad.selection import count_ablated, random_masks, select_components
 
@@ -116,7 +117,7 @@ class Edit:
     # ---- applying -----------------------------------------------------------------------------------
     def _targets(self, pipe_or_unet) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
         """(parameter, flat indices on its device) per mask, after checking every name and shape."""
-        unet = getattr(pipe_or_unet, "unet", pipe_or_unet)
+        unet = denoiser_of(pipe_or_unet)
         params = dict(unet.named_parameters())
         missing = [n for n in self.masks if n not in params]
         if missing:

@@ -1,4 +1,8 @@
-"""The two concept objectives, evaluated (and optionally differentiated) with the model's own UNet.
+"""The two concept objectives, evaluated (and optionally differentiated) with the model's own denoiser.
+
+Every model access goes through a `cad.backbones.Backbone` (a pipeline is wrapped on entry), so the same
+code serves SD 1.x/2.x, SDXL, SD 3 and FLUX; eps below stands for the denoiser's prediction in its own
+parameterisation (noise, v or flow velocity).
 
 Sign convention (the one used everywhere in cad): J is the quantity being *maximised* and attribution
 scores are alpha_i = w_i * dJ/dw_i, the first-order estimate of J(w) - J(w with w_i = 0).
@@ -29,6 +33,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from cad.backbones import Backbone, Conditioning, wrap
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
@@ -44,35 +50,11 @@ class ObjectiveResult:
     targets: list[torch.Tensor] | None = None
 
 
-def ddim_schedule(pipe, steps: int):
-    """A private DDIMScheduler (from the pipeline's scheduler config) set to `steps`; pipe.scheduler is untouched."""
-    from diffusers import DDIMScheduler
-
+def schedule(bb: Backbone, steps: int, height=None, width=None):
+    """A private attribution scheduler set to `steps` (the family's: DDIM, or flow-matching Euler)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    sched = DDIMScheduler.from_config(pipe.scheduler.config)
-    sched.set_timesteps(steps, device=pipe.unet.device)
-    return sched
-
-
-@torch.no_grad()
-def embed(pipe, prompt: str, n: int) -> torch.Tensor:
-    """Text-encoder hidden states of `prompt`, repeated n times (pipe.encode_prompt, no CFG)."""
-    emb, _ = pipe.encode_prompt(prompt, pipe.unet.device, n, False)
-    return emb.to(pipe.unet.dtype)
-
-
-def latent_shape(pipe, n: int, height: int | None = None, width: int | None = None) -> tuple[int, ...]:
-    vsf = pipe.vae_scale_factor
-    h = (height or pipe.unet.config.sample_size * vsf) // vsf
-    w = (width or pipe.unet.config.sample_size * vsf) // vsf
-    return (n, pipe.unet.config.in_channels, h, w)
-
-
-def initial_latents(pipe, sched, n: int, generator: torch.Generator, height=None, width=None) -> torch.Tensor:
-    """x_T drawn on the CPU from `generator` (same numbers on every device), scaled as the pipeline does."""
-    x = torch.randn(latent_shape(pipe, n, height, width), generator=generator, dtype=torch.float32)
-    return (x * sched.init_noise_sigma).to(pipe.unet.device, pipe.unet.dtype)
+    return bb.scheduler(steps, height=height, width=width)
 
 
 def accumulate(acc: dict[str, torch.Tensor] | None, loss: torch.Tensor, params: dict | None) -> None:
@@ -91,29 +73,23 @@ def new_buffers(params: dict | None) -> dict[str, torch.Tensor] | None:
     return {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in params.items()}
 
 
-def erase_term(unet, sched, x, t, cond, base, params, acc, eps_base=None):
-    """One step's || eps(x,t,c) - sg(eps(x,t,c_base)) ||^2 (mean over the batch); 2 UNet calls, or 1 when
-    the base prediction `eps_base` is given (a fixed target from a reference pass).
+def erase_term(bb: Backbone, sched, x, t, cond: Conditioning, base: Conditioning, params, acc, pred_base=None):
+    """One step's || f(x,t,c) - sg(f(x,t,c_base)) ||^2 (mean over the batch), f the denoiser's prediction
+    (noise, v or flow velocity); 2 denoiser calls, or 1 when the base prediction `pred_base` is given (a
+    fixed target from a reference pass).
 
-    Returns (term, eps_cond detached, eps_base) so a trajectory can reuse both epsilons for its CFG step.
+    Returns (term, cond prediction detached, base prediction) so a trajectory reuses both for its guided step.
     """
-    inp = sched.scale_model_input(x, t)
-    if eps_base is None:
+    inp = bb.scale_input(sched, x, t)
+    n = x.shape[0]
+    if pred_base is None:
         with torch.no_grad():
-            eps_base = unet(inp, t, encoder_hidden_states=base).sample
+            pred_base = bb.predict(inp, t, base.take(n))
     with torch.set_grad_enabled(params is not None):
-        eps_cond = unet(inp, t, encoder_hidden_states=cond).sample
-        term = (eps_cond.float() - eps_base.float()).pow(2).flatten(1).sum(1).mean()
+        pred_cond = bb.predict(inp, t, cond.take(n))
+        term = (pred_cond.float() - pred_base.float()).pow(2).flatten(1).sum(1).mean()
     accumulate(acc, term, params)
-    return term.detach(), eps_cond.detach(), eps_base
-
-
-@torch.no_grad()
-def guided_step(unet, sched, x, t, cond, uncond, guidance: float):
-    """One classifier-free-guided DDIM step with cond and uncond batched in one UNet call (as the pipeline does)."""
-    inp = sched.scale_model_input(torch.cat([x, x]), t)
-    eps_u, eps_c = unet(inp, t, encoder_hidden_states=torch.cat([uncond, cond])).sample.chunk(2)
-    return sched.step(eps_u + guidance * (eps_c - eps_u), t, x).prev_sample
+    return term.detach(), pred_cond.detach(), pred_base
 
 
 def erase_objective(pipe, prompt: str, *, base_prompt: str = "", negative_prompt: str = "", steps: int = 50,
@@ -122,29 +98,34 @@ def erase_objective(pipe, prompt: str, *, base_prompt: str = "", negative_prompt
                     height=None, width=None, progress: bool = False) -> ObjectiveResult:
     """J_erase along K guided trajectories run as one batch (the `trajectory` estimator when params are given).
 
+    `pipe` is a diffusers pipeline of any supported family or a cad Backbone. For flow-matching families the
+    gap is between velocity predictions; for guidance-distilled ones (FLUX) the trajectory steps with the
+    conditional prediction alone (no CFG batch).
+
     At each step the gradient pass on the target prompt also supplies the conditional eps of the CFG step,
     and the base-prompt eps doubles as the unconditional eps when base_prompt == negative_prompt, so a
     pass costs 2 UNet calls per step (3 otherwise). With `trajectory` (the x_t of an earlier pass), J is
     evaluated on those latents and nothing is sampled; with `targets` too (that pass's base predictions),
     the base prompt is not re-evaluated either (1 call per step). The result carries both lists.
     """
-    unet, k = pipe.unet, num_samples
-    sched = ddim_schedule(pipe, steps)
-    cond, base = embed(pipe, prompt, k), embed(pipe, base_prompt, k)
-    use_cfg = guidance > 1.0
-    uncond = base if negative_prompt == base_prompt else embed(pipe, negative_prompt, k)
+    bb, k = wrap(pipe), num_samples
+    sched = schedule(bb, steps, height, width)
+    size = dict(height=height, width=width)
+    cond, base = bb.encode(prompt, **size), bb.encode(base_prompt, **size)
+    use_cfg = bb.cfg_active(guidance)
+    uncond = base if negative_prompt == base_prompt else bb.encode(negative_prompt, **size)
     if trajectory is not None and len(trajectory) != len(sched.timesteps):
         raise ValueError(f"trajectory has {len(trajectory)} latents but the schedule has {steps} steps")
     if targets is not None and (trajectory is None or len(targets) != len(trajectory)):
         raise ValueError("targets (base predictions) need the trajectory they were computed on, one per step")
-    x = None if trajectory is not None else initial_latents(
-        pipe, sched, k, torch.Generator("cpu").manual_seed(seed), height, width)
+    x = None if trajectory is not None else bb.initial_latents(
+        sched, k, torch.Generator("cpu").manual_seed(seed), height, width)
     acc, calls, terms, visited, bases = new_buffers(params), 0, [], [], []
     for i, t in enumerate(tqdm(sched.timesteps, desc="J_erase", disable=not progress, leave=False)):
-        x_t = trajectory[i].to(unet.device, unet.dtype) if trajectory is not None else x
+        x_t = trajectory[i].to(bb.device, bb.dtype) if trajectory is not None else x
         visited.append(x_t)
-        fixed = targets[i].to(unet.device, unet.dtype) if targets is not None else None
-        term, eps_c, eps_b = erase_term(unet, sched, x_t, t, cond, base, params, acc, eps_base=fixed)
+        fixed = targets[i].to(bb.device, bb.dtype) if targets is not None else None
+        term, eps_c, eps_b = erase_term(bb, sched, x_t, t, cond, base, params, acc, pred_base=fixed)
         calls += 1 if fixed is not None else 2
         bases.append(eps_b)
         terms.append(float(term))
@@ -154,31 +135,35 @@ def erase_objective(pipe, prompt: str, *, base_prompt: str = "", negative_prompt
                     if uncond is base:
                         eps_u = eps_b
                     else:
-                        eps_u = unet(sched.scale_model_input(x_t, t), t, encoder_hidden_states=uncond).sample
+                        eps_u = bb.predict(bb.scale_input(sched, x_t, t), t, uncond.take(k))
                         calls += 1
-                    eps = eps_u + guidance * (eps_c - eps_u)
+                    eps = bb.combine(eps_u, eps_c, guidance)
                 else:
                     eps = eps_c
-                x = sched.step(eps, t, x_t).prev_sample
+                x = bb.step(sched, eps, t, x_t)
     return ObjectiveResult(sum(terms), acc, calls, terms, visited, bases)
 
 
 def amplify_objective(pipe, latents: torch.Tensor, prompt: str, *, steps: int = 50, num_samples: int = 1,
                       seed: int = 0, params: dict | None = None, batch_size: int = 8,
                       progress: bool = False) -> ObjectiveResult:
-    """J_amplify = -sum_t mean_{images, draws} || eps - eps(add_noise(x_0, eps, t), t, c) ||^2.
+    """J_amplify = -sum_t mean_{images, draws} || target - f(add_noise(x_0, eps, t), t, c) ||^2: minus the
+    family's training loss, with target eps (epsilon models), v (v-prediction) or eps - x_0 (flow matching,
+    x_t = (1 - sigma) x_0 + sigma eps).
 
     eps is drawn on the CPU from one generator seeded with `seed`, in a fixed order (timestep, draw,
     image), so two calls with the same seed see the same noise whatever the model weights.
     """
-    if latents.ndim != 4 or latents.shape[1] != pipe.unet.config.in_channels:
-        raise ValueError(f"latents must be (N, {pipe.unet.config.in_channels}, h, w); got {tuple(latents.shape)}"
+    bb = wrap(pipe)
+    if latents.ndim != 4 or latents.shape[1] != bb.latent_channels:
+        raise ValueError(f"latents must be (N, {bb.latent_channels}, h, w); got {tuple(latents.shape)}"
                          " (encode images with concept_latents first)")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    unet, n = pipe.unet, latents.shape[0]
-    sched = ddim_schedule(pipe, steps)
-    cond = embed(pipe, prompt, 1)
+    n = latents.shape[0]
+    vsf = bb.vae_scale_factor
+    sched = schedule(bb, steps, latents.shape[2] * vsf, latents.shape[3] * vsf)
+    cond = bb.encode(prompt, height=latents.shape[2] * vsf, width=latents.shape[3] * vsf)
     gen = torch.Generator("cpu").manual_seed(seed)
     x0 = latents.detach().float().cpu()
     acc, calls, terms = new_buffers(params), 0, []
@@ -187,14 +172,12 @@ def amplify_objective(pipe, latents: torch.Tensor, prompt: str, *, steps: int = 
         for _ in range(num_samples):
             noise = torch.randn(x0.shape, generator=gen, dtype=torch.float32)
             for s in range(0, n, batch_size):
-                e = noise[s:s + batch_size]
-                tt = t.detach().cpu().reshape(1).repeat(e.shape[0])
-                x_t = sched.add_noise(x0[s:s + batch_size], e, tt).to(unet.device, unet.dtype)
-                e = e.to(unet.device)
+                e, x0b = noise[s:s + batch_size], x0[s:s + batch_size]
+                x_t = bb.add_noise(sched, x0b, e, t).to(bb.device, bb.dtype)
+                target = bb.target(sched, x0b, e, t).to(bb.device)
                 with torch.set_grad_enabled(params is not None):
-                    pred = unet(sched.scale_model_input(x_t, t), t,
-                                encoder_hidden_states=cond.expand(e.shape[0], -1, -1)).sample
-                    loss = -(e - pred.float()).pow(2).flatten(1).sum(1).sum() / (n * num_samples)
+                    pred = bb.predict(bb.scale_input(sched, x_t, t), t, cond.take(e.shape[0]))
+                    loss = -(target.float() - pred.float()).pow(2).flatten(1).sum(1).sum() / (n * num_samples)
                 calls += 1
                 accumulate(acc, loss, params)
                 term += float(loss.detach())
@@ -227,9 +210,9 @@ def concept_latents(pipe, images=None, *, prompt: str | None = None, num_images:
     Images enter the VAE in [-1, 1]; latents are multiplied by vae.config.scaling_factor. Encoding
     samples the VAE posterior with a generator seeded by `seed`.
     """
-    vae = pipe.vae
-    h = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    w = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    bb = wrap(pipe)
+    h = height or bb.default_size()
+    w = width or bb.default_size()
     gen = torch.Generator("cpu").manual_seed(seed)
     if images is None:
         if not prompt:
@@ -237,8 +220,8 @@ def concept_latents(pipe, images=None, *, prompt: str | None = None, num_images:
         out = []
         for s in range(0, num_images, batch_size):
             m = min(batch_size, num_images - s)
-            out.append(pipe(prompt, num_images_per_prompt=m, num_inference_steps=steps, guidance_scale=guidance,
-                            height=h, width=w, generator=gen, output_type="latent").images.float().cpu())
+            out.append(bb.sample_latents(prompt, m, steps=steps, guidance=guidance, height=h, width=w,
+                                         generator=gen))
         return torch.cat(out)
     images = load_images(images)
     if isinstance(images, torch.Tensor):
@@ -253,16 +236,10 @@ def concept_latents(pipe, images=None, *, prompt: str | None = None, num_images:
             x = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
         x = x * 2 - 1
     elif isinstance(images, (list, tuple)) and images:
-        x = pipe.image_processor.preprocess(list(images), height=h, width=w).float()  # -> [-1, 1]
+        x = bb.pipe.image_processor.preprocess(list(images), height=h, width=w).float()  # -> [-1, 1]
     else:
         raise TypeError(f"images must be a folder path, a non-empty list of PIL images or a tensor; got {type(images)}")
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    out = []
-    for s in range(0, x.shape[0], batch_size):
-        batch = x[s:s + batch_size].to(vae.device, vae.dtype)
-        z = vae.encode(batch).latent_dist.sample(generator=gen)
-        out.append(((z.float() - shift) * vae.config.scaling_factor).cpu())
-    return torch.cat(out)
+    return torch.cat([bb.encode_images(x[s:s + batch_size], gen) for s in range(0, x.shape[0], batch_size)])
 
 
 @torch.no_grad()
@@ -320,7 +297,7 @@ def measure_amplify_objective(pipe, latents, prompt: str, *, steps: int = 50, nu
     """J_amplify without gradients on latents (or images, encoded first by the unedited VAE), same noise
     as attribute(...) for the same seed; with `edit`, evaluated with the edit applied."""
     if not (isinstance(latents, torch.Tensor) and latents.ndim == 4
-            and latents.shape[1] == pipe.unet.config.in_channels):
+            and latents.shape[1] == wrap(pipe).latent_channels):
         latents = concept_latents(pipe, latents, seed=seed)
     kw = dict(steps=steps, num_samples=num_samples, seed=seed, batch_size=batch_size)
     if edit is None:

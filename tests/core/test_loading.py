@@ -34,7 +34,7 @@ def test_bad_options_raise(tiny_pipe_dir):
     with pytest.raises(ValueError, match="dtype"):
         load_pipeline(tiny_pipe_dir, dtype="float8")
     with pytest.raises(ValueError, match="scheduler"):
-        load_pipeline(tiny_pipe_dir, scheduler="euler")
+        load_pipeline(tiny_pipe_dir, scheduler="heun")
 
 
 def test_fingerprint_changes_with_any_weight(tiny_pipe_factory):
