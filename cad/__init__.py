@@ -14,7 +14,7 @@ between the concept prompt and a base prompt); CAD-Amplify zeroes the top negati
 
 from cad.attribution import attribute
 from cad.components import ComponentSpace, enable_only, get_space
-from cad.edits import Edit, EditMismatchError, export_edited_pipeline
+from cad.edits import BaseEdit, Edit, EditMismatchError, WeightEdit, export_edited_pipeline, load_edit
 from cad.loading import ModelLoadError, load_pipeline, unet_fingerprint
 from cad.objectives import (
     amplify_objective,
@@ -30,6 +30,9 @@ from cad.selection import count_ablated, random_masks, select_components
 
 __all__ = [
     "AttributionScores",
+    "BaseEdit",
+    "WeightEdit",
+    "load_edit",
     "ComponentSpace",
     "Edit",
     "EditMismatchError",

@@ -103,7 +103,7 @@ def attribute(pipe, prompt: str, *, objective: str = "erase", base_prompt: str =
     fingerprint = bb.denoiser_fingerprint()
     meta = {
         "model": bb.name, "family": bb.family, "prediction_type": bb.prediction_type,
-        "unet_fingerprint": fingerprint, "concept": prompt, "objective": objective,
+        "unet_fingerprint": fingerprint, "denoiser_identity": bb.denoiser_identity(), "concept": prompt, "objective": objective,
         "estimator": estimator if objective == "erase" else "direct", "steps": steps, "num_samples": num_samples,
         "seed": seed, "space": space.describe(), "dtype": str(unet.dtype).replace("torch.", ""),
         "device": str(unet.device), "sign_convention": SIGN_CONVENTION,

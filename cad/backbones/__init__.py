@@ -22,11 +22,12 @@ from cad.backbones.base import (
     Conditioning,
     ModelLoadError,
     module_fingerprint,
+    module_identity,
     resolve_dtype,
 )
 
 __all__ = ["Backbone", "Conditioning", "ModelLoadError", "denoiser_of", "families", "family_of", "get_family",
-           "load", "module_fingerprint", "resolve_dtype", "wrap"]
+           "load", "module_fingerprint", "module_identity", "resolve_dtype", "wrap"]
 
 _discovered = False
 

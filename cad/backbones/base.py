@@ -85,6 +85,29 @@ def module_fingerprint(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def _half_digest(item: tuple[str, torch.Tensor]) -> bytes:
+    name, t = item
+    t = t.detach()
+    if t.is_floating_point():
+        t = t.to(torch.float16)
+    return _tensor_digest((name, t))
+
+
+def module_identity(module: torch.nn.Module) -> str:
+    """Which model a module is, whatever dtype it runs in: the fingerprint of its tensors cast to float16.
+
+    A float32 model and its float16 copy share an identity (an edit made on one applies to the other); two
+    models that differ in any weight by more than float16 rounding do not. Edits record it as `made_for`.
+    """
+    items = sorted(module.state_dict().items())
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        digests = list(pool.map(_half_digest, items))
+    h = hashlib.blake2b(digest_size=16)
+    for d in digests:
+        h.update(d)
+    return h.hexdigest()
+
+
 @dataclass
 class Conditioning:
     """What the denoiser needs besides (x, t): `batched` tensors share dim 0 with x (prompt embeddings,
@@ -164,7 +187,7 @@ class Backbone:
             pipe = pipeline_cls.from_pretrained(str(Path(source).expanduser()) if is_dir else source,
                                                 **_dtype_kwarg(torch_dtype), local_files_only=local_files_only,
                                                 **cls.load_kwargs())
-        except (OSError, ValueError, EnvironmentError) as e:
+        except (OSError, ValueError) as e:
             where = "the local folder" if is_dir else "the Hugging Face hub cache"
             raise ModelLoadError(
                 f"could not load {cls.pipeline_class} weights for {source!r} from {where} "
@@ -228,6 +251,10 @@ class Backbone:
 
     def denoiser_fingerprint(self) -> str:
         return module_fingerprint(self.denoiser)
+
+    def denoiser_identity(self) -> str:
+        """The dtype-independent identity edits record as `made_for` (cad.backbones.base.module_identity)."""
+        return module_identity(self.denoiser)
 
     def fingerprint(self, denoiser_fp: str | None = None) -> str:
         """A hash over all weights in `fingerprint_modules` (the denoiser's own hash may be passed in)."""
