@@ -8,15 +8,28 @@ unedited model's images are made once and every run that needs them finds them.
 Each item gets its own CPU `torch.Generator` seeded from its row (or one fixed seed for all), and diffusers draws
 every item's initial latent from its own generator; an item's image therefore does not depend on which batch or
 shard it was rendered in (up to float round-off of batched kernels).
+
+Verified cache: every manifest record carries the sha256 of its PNG and a hash of the folder's identity.
+An item counts as done only when its PNG's bytes match its record; a PNG that does not (replaced, corrupt,
+truncated, copied in, or written by a run killed before it recorded it) is regenerated with a warning naming
+the file. Scoring (`verify_images`) is strict instead: it raises naming the files and the fix.
+
+Concurrency: before rendering a batch, a process claims its items (`.claims/<id>.claim`, created under a
+folder lock); another process skips claimed items and afterwards waits for them, taking a claim over when
+its owner died (same host, pid gone) or it is older than `claim_ttl_s`. Two runs on one folder therefore
+never both render an item, and a crashed run's successor picks its items up.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
+import socket
 import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,10 +37,32 @@ from typing import Any
 
 import torch
 
-from cad.io import atomic_save_image, atomic_write_json, atomic_write_text, package_versions, stable_hash
+from cad.io import (
+    ArtifactCorruptError,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    package_versions,
+    png_bytes,
+    sha256_bytes,
+    sha256_file,
+    stable_hash,
+)
+
+log = logging.getLogger("cad.generate")
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _STALE_TMP_S = 600  # a PNG write takes milliseconds; a temp file this old was left by a killed process
+CLAIMS_DIR = ".claims"
+# A claim covers one batch (seconds to minutes on a GPU); one older than this belongs to a hung or lost run
+# on another machine (a dead owner on this machine is detected at once by its pid).
+CLAIM_TTL_S = float(os.environ.get("CAD_CLAIM_TTL_S", 1800))
+_POLL_S = 0.25
+
+
+class ImageCacheError(ArtifactCorruptError):
+    """Images in a cache folder are missing from its manifest, do not match their recorded sha256, cannot be
+    decoded, or the folder's meta.json disagrees with its records; the message names the files and the fix."""
 
 
 def _safe(name: str) -> str:
@@ -108,11 +143,75 @@ def read_manifest(out_dir: str | os.PathLike) -> dict[str, dict]:
     """Records of all manifests in a folder, by item id (the latest record wins)."""
     records: dict[str, dict] = {}
     for path in sorted(Path(out_dir).glob("manifest*.jsonl")):
-        for line in path.read_text().splitlines():
+        for n, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
             if line.strip():
-                rec = json.loads(line)
-                records[rec["id"]] = rec
+                try:
+                    rec = json.loads(line)
+                    records[rec["id"]] = rec
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    # A broken line only makes its item unverified: generation regenerates it, scoring refuses it.
+                    log.warning("%s, line %d is not a manifest record; its item counts as not generated", path, n)
     return records
+
+
+def identity_hash(identity: Mapping) -> str:
+    """The hash each record carries of the folder identity it was rendered under (meta.json's `identity`)."""
+    return stable_hash(json.loads(json.dumps(dict(identity), sort_keys=True, default=str)), 16)
+
+
+def check_record(out_dir: str | os.PathLike, item_id: str, record: Mapping | None, ident: str | None) -> str | None:
+    """Why the item's PNG cannot be trusted (None: it is the file its record describes)."""
+    path = Path(out_dir) / f"{item_id}.png"
+    if not path.is_file():
+        return "missing"
+    if record is None:
+        return "not in the manifest (copied in, or its run was killed before recording it)"
+    if not record.get("sha256"):
+        return "its manifest record has no sha256 (made before verified caches)"
+    if ident is not None and record.get("identity") != ident:
+        return "its record was made under other settings than this folder's meta.json"
+    got = sha256_file(path)
+    if got != record["sha256"]:
+        return f"its sha256 {got[:12]}... is not the recorded {str(record['sha256'])[:12]}... (replaced or corrupted)"
+    return None
+
+
+def read_identity(out_dir: str | os.PathLike) -> dict | None:
+    """meta.json's identity, or None when the folder has none; ImageCacheError when meta.json is unreadable or
+    was edited (its `identity_hash` no longer matches its `identity`)."""
+    path = Path(out_dir) / "meta.json"
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+        identity = meta["identity"]
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as err:
+        raise ImageCacheError(f"{path} is unreadable ({err}); delete it and rerun the generation, which rewrites "
+                              "it (images are re-verified against their records)") from err
+    if meta.get("identity_hash") not in (None, identity_hash(identity)):
+        raise ImageCacheError(f"{path} was edited: its identity no longer hashes to its identity_hash, so it does "
+                              "not describe these images. Delete the folder and regenerate, or restore meta.json")
+    return identity
+
+
+def verify_images(out_dir: str | os.PathLike, items: Sequence) -> list[tuple[Path, str]]:
+    """(path, reason) for each item whose PNG is not verified by the folder's manifest (empty: all good).
+
+    Only folders written by `generate` (holding a manifest) are verified; a plain folder of PNGs has no records
+    and is returned as is (empty list), its images then only need to decode.
+    """
+    out_dir = Path(out_dir)
+    if not any(out_dir.glob("manifest*.jsonl")):
+        return []
+    identity = read_identity(out_dir)
+    ident = identity_hash(identity) if identity is not None else None
+    records = read_manifest(out_dir)
+    bad = []
+    for it in items:
+        reason = check_record(out_dir, it.id, records.get(it.id), ident)
+        if reason is not None:
+            bad.append((out_dir / f"{it.id}.png", reason))
+    return bad
 
 
 @contextlib.contextmanager
@@ -131,6 +230,80 @@ def _locked(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+# --- claims: one renderer per item across processes -------------------------------------------------------
+
+_HOST = socket.gethostname()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _claim_path(out_dir: Path, item_id: str) -> Path:
+    return out_dir / CLAIMS_DIR / f"{item_id}.claim"
+
+
+def _claim_owner(path: Path, token: str, ttl: float) -> str | None:
+    """'mine', 'other' (a live claim of another process) or None (no claim, or a stale one to take over)."""
+    try:
+        st = path.stat()
+        owner = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None  # vanished, or half-written by a killed process: nobody holds it
+    if owner.get("token") == token:
+        return "mine"
+    if owner.get("host") == _HOST and not _pid_alive(int(owner.get("pid", -1))):
+        return None  # its process died (kill -9, OOM): take it over now
+    if time.time() - st.st_mtime > ttl:
+        return None  # another machine's claim not refreshed for ttl seconds: its run is gone or hung
+    return "other"
+
+
+def _claim(out_dir: Path, batch: list, token: str, ttl: float, stamps: dict) -> tuple[list, list]:
+    """(items this process now holds, items another live process holds); items finished by another process
+    since `stamps` (their PNG changed) are dropped."""
+    mine, others = [], []
+    body = json.dumps({"pid": os.getpid(), "host": _HOST, "token": token, "time": time.time()}).encode()
+    with _locked(out_dir / CLAIMS_DIR / "lock"):
+        for it in batch:
+            path = _claim_path(out_dir, it.id)
+            state = _claim_owner(path, token, ttl)
+            if state == "other":
+                others.append(it)
+            elif state is None and _stamp(out_dir / f"{it.id}.png") != stamps.get(it.id):
+                continue  # rendered and recorded by another process, which then released its claim
+            else:
+                # Claims need not survive a power cut (a lost claim only means the item is free), so they are
+                # replaced atomically without fsync: a claim per item must not slow a fast GPU down.
+                tmp = path.with_name(f".{path.name}.{token}.tmp")
+                tmp.write_bytes(body)
+                os.replace(tmp, path)
+                mine.append(it)
+    return mine, others
+
+
+def _release(out_dir: Path, items: list, token: str) -> None:
+    for it in items:
+        path = _claim_path(out_dir, it.id)
+        with contextlib.suppress(OSError, json.JSONDecodeError, UnicodeDecodeError):
+            if json.loads(path.read_text()).get("token") == token:
+                path.unlink()
+
+
+def _stamp(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 def _append_manifest(out_dir: Path, name: str, records: list[dict]) -> None:
     path = out_dir / name
     with _locked(out_dir / f".{name}.lock"):
@@ -142,20 +315,26 @@ def _append_manifest(out_dir: Path, name: str, records: list[dict]) -> None:
 def _write_meta(out_dir: Path, identity: dict, info: Mapping | None) -> None:
     path = out_dir / "meta.json"
     if path.exists():
-        old = json.loads(path.read_text())
-        if old.get("identity") != json.loads(json.dumps(identity, sort_keys=True, default=str)):
-            raise ValueError(
-                f"{out_dir} already holds images made with {old.get('identity')}, not {identity}. "
-                "Use image_dir(...) to get the folder of these settings, or delete the folder."
-            )
-        return
-    atomic_write_json(path, {"identity": identity, **dict(info or {}), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                             "package_versions": package_versions()})
+        try:
+            old = read_identity(out_dir)
+        except ImageCacheError as err:
+            # Images are verified by their own records (sha256 + identity hash), so meta.json can be rewritten.
+            log.warning("%s; rewriting it from this run's settings", err)
+            old = None
+        if old is not None:
+            if old != json.loads(json.dumps(identity, sort_keys=True, default=str)):
+                raise ValueError(
+                    f"{out_dir} already holds images made with {old}, not {identity}. "
+                    "Use image_dir(...) to get the folder of these settings, or delete the folder."
+                )
+            return
+    atomic_write_json(path, {"identity": identity, "identity_hash": identity_hash(identity), **dict(info or {}),
+                             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "package_versions": package_versions()})
 
 
 def _clean_stale_tmp(out_dir: Path) -> None:
     now = time.time()
-    for tmp in out_dir.glob(".*.tmp"):
+    for tmp in [*out_dir.glob(".*.tmp"), *(out_dir / CLAIMS_DIR).glob(".*.tmp")]:
         with contextlib.suppress(OSError):
             if now - tmp.stat().st_mtime > _STALE_TMP_S:
                 tmp.unlink()
@@ -188,6 +367,7 @@ def generate(
     progress: bool = True,
     info: Mapping | None = None,
     call_kwargs: Mapping | None = None,
+    claim_ttl_s: float | None = None,
 ) -> list[Path]:
     """Render this shard's items that have no PNG yet into `out_dir`; return the shard's image paths in item order.
 
@@ -196,7 +376,9 @@ def generate(
     GPUs or cluster jobs fill one folder. `edit` (a `cad.Edit`) is applied once around the whole generation and
     restored after. `info` (model name, edit meta, benchmark spec, ...) is recorded in meta.json. `call_kwargs`
     go to the pipeline call as they are (e.g. a step-end callback); anything in them that changes the pixels
-    must also be part of the sampler settings naming the folder.
+    must also be part of the sampler settings naming the folder. `claim_ttl_s` (default CAD_CLAIM_TTL_S or
+    1800) is how old another machine's claim on an item must be before this process takes the item over.
+    Cached PNGs whose bytes do not match their manifest record are regenerated with a warning naming them.
     """
     _check_seed_mode(seed_mode)
     if not (isinstance(num_shards, int) and num_shards >= 1 and isinstance(shard, int) and 0 <= shard < num_shards):
@@ -215,7 +397,6 @@ def generate(
     height, width = _resolve_size(pipe, height, width)
     mine = items[shard::num_shards]
     paths = [out_dir / f"{it.id}.png" for it in mine]
-    pending = [it for it, p in zip(mine, paths) if not p.exists()]
 
     identity = {"steps": int(steps), "guidance": float(guidance), "height": height, "width": width,
                 "seed_mode": seed_mode, "fixed_seed": int(fixed_seed) if seed_mode == "fixed" else None,
@@ -224,7 +405,17 @@ def generate(
     edit_meta = None if edit is None else getattr(edit, "meta", None)
     _write_meta(out_dir, identity, {"edit_meta": edit_meta, **bench_info, **dict(info or {}),
                                     "call_kwargs": sorted(call_kwargs or {})})
+    ident = identity_hash(identity)
     _clean_stale_tmp(out_dir)
+    records = read_manifest(out_dir)
+    pending = []
+    for it in mine:
+        reason = check_record(out_dir, it.id, records.get(it.id), ident)
+        if reason is None:
+            continue
+        if reason != "missing":
+            log.warning("regenerating %s: %s", out_dir / f"{it.id}.png", reason)
+        pending.append(it)
     if not pending:
         return paths
 
@@ -234,38 +425,74 @@ def generate(
     bar = tqdm(total=len(mine), initial=len(mine) - len(pending), unit="img", disable=not progress,
                desc=f"generate {out_dir.name}" + (f" [{shard + 1}/{num_shards}]" if num_shards > 1 else ""))
     applied = edit.applied(pipe) if edit is not None else contextlib.nullcontext()
+    token = uuid.uuid4().hex
+    ttl = CLAIM_TTL_S if claim_ttl_s is None else float(claim_ttl_s)
+    (out_dir / CLAIMS_DIR).mkdir(exist_ok=True)
+    # What each pending PNG looked like before we started: a changed one was rendered by another process.
+    stamps = {it.id: _stamp(out_dir / f"{it.id}.png") for it in pending}
 
     def write(batch, seeds, images, g, seconds):
-        records = []
-        for it, seed, image in zip(batch, seeds, images):
-            atomic_save_image(out_dir / f"{it.id}.png", image)
-            records.append({"id": it.id, "file": f"{it.id}.png", "prompt": it.prompt, "seed": seed,
-                            "label": it.label, "guidance": g, "seconds": round(seconds, 4),
-                            "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        _append_manifest(out_dir, manifest, records)  # after the PNGs: a listed image always exists
+        try:
+            records = []
+            for it, seed, image in zip(batch, seeds, images):
+                data = png_bytes(image)
+                atomic_write_bytes(out_dir / f"{it.id}.png", data)
+                records.append({"id": it.id, "file": f"{it.id}.png", "prompt": it.prompt, "seed": seed,
+                                "label": it.label, "guidance": g, "seconds": round(seconds, 4),
+                                "sha256": sha256_bytes(data), "identity": ident, "pid": os.getpid(),
+                                "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            _append_manifest(out_dir, manifest, records)  # after the PNGs: a listed image always exists
+        finally:
+            _release(out_dir, batch, token)  # after the records: a released item is either done or absent
         bar.update(len(batch))
 
     # One writer thread encodes and writes a batch's PNGs (zlib and file I/O release the GIL) while the pipeline
     # renders the next batch; a single worker keeps the manifest in order. Leaving the `with` waits for it.
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cad-png-writer")
     pending_writes = []
+    held: list = []
+
+    def render(g, batch):
+        # CPU generators: the same seed gives the same initial noise on any device.
+        seeds = [int(fixed_seed) if seed_mode == "fixed" else int(it.seed) for it in batch]
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        t0 = time.perf_counter()
+        images = pipe(prompt=[it.prompt for it in batch], generator=generators, num_inference_steps=steps,
+                      guidance_scale=g, height=height, width=width, output_type="pil",
+                      **dict(call_kwargs or {})).images
+        seconds = (time.perf_counter() - t0) / len(batch)
+        pending_writes.append(writer.submit(write, batch, seeds, images, g, seconds))
+        if pending_writes[0].done():
+            pending_writes.pop(0).result()  # surface a failed write (disk full, ...) without waiting
+
     try:
         with applied, torch.no_grad():
+            waiting = []
             for g, batch in _batches(pending, batch_size, guidance):
-                # CPU generators: the same seed gives the same initial noise on any device.
-                seeds = [int(fixed_seed) if seed_mode == "fixed" else int(it.seed) for it in batch]
-                generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-                t0 = time.perf_counter()
-                images = pipe(prompt=[it.prompt for it in batch], generator=generators, num_inference_steps=steps,
-                              guidance_scale=g, height=height, width=width, output_type="pil",
-                              **dict(call_kwargs or {})).images
-                seconds = (time.perf_counter() - t0) / len(batch)
-                pending_writes.append(writer.submit(write, batch, seeds, images, g, seconds))
-                if pending_writes[0].done():
-                    pending_writes.pop(0).result()  # surface a failed write (disk full, ...) without waiting
+                claimed, others = _claim(out_dir, batch, token, ttl, stamps)
+                held.extend(claimed)
+                waiting += others
+                if claimed:
+                    render(g, claimed)
+            # Items another live process holds: wait for them, taking over those whose owner died.
+            while waiting:
+                for job in pending_writes:
+                    job.result()
+                pending_writes.clear()
+                claimed, waiting = _claim(out_dir, waiting, token, ttl, stamps)
+                held.extend(claimed)
+                for g, batch in _batches(claimed, batch_size, guidance):
+                    render(g, batch)
+                if waiting:
+                    time.sleep(_POLL_S)
     finally:
         writer.shutdown(wait=True)
+        _release(out_dir, held, token)  # a failed run hands its unfinished items back at once
         bar.close()
     for job in pending_writes:
         job.result()
+    bad = verify_images(out_dir, mine)
+    if bad:  # another process left an item unfinished or wrote something else: say so, never return it
+        raise ImageCacheError(f"{len(bad)} images in {out_dir} are not verified after generation (e.g. "
+                              f"{bad[0][0].name}: {bad[0][1]}); rerun the same command to regenerate them")
     return paths

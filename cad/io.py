@@ -1,32 +1,94 @@
-"""Atomic writes, content hashes and provenance: the small pieces every artifact writer shares."""
+"""Atomic writes, content hashes, safe names and provenance: the small pieces every artifact writer shares.
+
+Reliability contract of the writers here: a file either keeps its old content or holds all of the new one,
+never a prefix (temp file in the same folder, fsync, `os.replace`); a full disk, a read-only folder or a
+permission problem is re-raised as `ArtifactWriteError` naming the path and what to free or fix, and the
+temp file is removed, so no half-written artifact is ever left behind.
+"""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
+import shutil
 import tempfile
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 _VERSIONED = ("cad-attribution", "torch", "diffusers", "transformers", "safetensors", "open_clip_torch",
               "torchmetrics", "nudenet", "torch-fidelity", "hydra-core")
+# Errors of the storage rather than of the program: they get a message saying what to free or fix.
+_STORAGE_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                   errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                   errno.EPERM: "operation not permitted"}
+# A name that becomes one path component: no separators, no "..", no leading dot or dash.
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+=-]*$")
+
+
+class ArtifactWriteError(OSError):
+    """An artifact could not be written (disk full, read-only, no permission); the message names the path and
+    what to free. Subclasses OSError with the original errno, so `except OSError` callers keep working."""
+
+
+class ArtifactCorruptError(ValueError):
+    """A cached artifact on disk is truncated, undecodable or does not match its recorded hash; the message
+    names the file and the fix (delete it, or rerun, which regenerates it)."""
+
+
+class UnsafeNameError(ValueError):
+    """A name that reaches the file system would escape its folder or is not one plain path component."""
+
+
+def storage_error(err: OSError, path: str | os.PathLike, action: str = "write") -> OSError:
+    """`err` rewritten with the path and the fix when it is a storage error; otherwise `err` unchanged."""
+    why = _STORAGE_ERRNOS.get(err.errno)
+    if why is None:
+        return err
+    path = Path(path)
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        try:
+            free = shutil.disk_usage(path.parent if path.parent.exists() else Path.cwd()).free
+            room = f" ({free / 2**20:.0f} MiB free there)"
+        except OSError:
+            room = ""
+        fix = (f"free space on the file system holding {path.parent}{room}: delete old runs, image caches "
+               "(outputs/images/...) or attribution scores you no longer need, or point paths.outputs / "
+               "$CAD_OUTPUTS at a larger disk; then rerun (finished files are reused)")
+    elif err.errno == errno.EROFS:
+        fix = (f"{path.parent} is on a read-only file system: point paths.outputs / $CAD_OUTPUTS at a writable "
+               "folder, then rerun")
+    else:
+        fix = (f"make {path.parent} writable for this user (chmod/chown) or point paths.outputs / $CAD_OUTPUTS "
+               "at a folder you own, then rerun")
+    out = ArtifactWriteError(err.errno, f"cannot {action} {path}: {why}. Fix: {fix}. Nothing was half-written.")
+    out.filename = str(path)
+    return out
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write `data` so that `path` either keeps its old content or holds all of the new one, never a prefix."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise storage_error(err, path) from err
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
     return path
 
@@ -39,13 +101,50 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def atomic_save_image(path: str | os.PathLike, image) -> Path:
-    """Save a PIL image as PNG atomically."""
+def png_bytes(image) -> bytes:
+    """A PIL image encoded as PNG (the exact bytes that are written and hashed)."""
     import io
 
     buf = io.BytesIO()
     image.save(buf, format="PNG")
-    return atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def atomic_save_image(path: str | os.PathLike, image) -> Path:
+    """Save a PIL image as PNG atomically."""
+    return atomic_write_bytes(path, png_bytes(image))
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, memoised on (path, size, mtime) so a resume hashes each file once."""
+    st = os.stat(path)
+    return _sha256_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=65536)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def safe_name(name: Any, what: str = "name") -> str:
+    """`name` unchanged if it is one plain path component (letters, digits, `._@+=-`, no `..`, not starting
+    with a dot or dash); otherwise UnsafeNameError saying which setting to change. Names are never paths."""
+    text = str(name) if name is not None else ""
+    if not text or os.path.isabs(text) or "/" in text or "\\" in text or ".." in text or "\x00" in text \
+            or not _SAFE_NAME.match(text):
+        raise UnsafeNameError(
+            f"{what}={name!r} is not a safe name: it reaches the file system as one folder name, so it must be "
+            "letters, digits and . _ @ + = - only, start with a letter or digit, and contain no '..', no '/' or "
+            f"'\\' and no absolute path; e.g. {what}={re.sub(r'[^A-Za-z0-9._-]+', '_', text).strip('._-') or 'x'}")
+    return text
 
 
 def stable_hash(obj: Any, length: int = 12) -> str:

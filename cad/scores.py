@@ -1,19 +1,26 @@
 """Attribution scores: float32 alpha per parameter name, saved as safetensors with a JSON sidecar.
 
-Scores belong to one model: the sidecar records the model (hub id or path) and a fingerprint of its UNet
-weights, and loading against another model (other fingerprint, names or shapes) raises
-ScoresMismatchError instead of silently editing the wrong weights.
+Scores belong to one model: their identity (model, UNet fingerprint, concept, settings) lives inside the
+safetensors metadata, with a sha256 of the tensors, and meta.json is a readable copy of it. Loading checks
+that the two agree (a hand-edited sidecar is an error, not the truth), that the file is whole, and, given a
+UNet, that it is the model the scores were computed on (other fingerprint, names or shapes raise
+ScoresMismatchError instead of silently editing the wrong weights; `force=True` allows an intended transfer
+to another model of the same architecture).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from cad.io import atomic_write_bytes, atomic_write_json, stable_hash
+from cad.io import ArtifactCorruptError, atomic_write_bytes, atomic_write_json, stable_hash
+
+log = logging.getLogger("cad.scores")
 
 SCORES_FILE = "scores.safetensors"
 META_FILE = "meta.json"
@@ -23,7 +30,67 @@ CONFIG_KEYS = ("model", "unet_fingerprint", "concept", "objective", "estimator",
 
 
 class ScoresMismatchError(ValueError):
-    """Scores were computed on another model than the one they are being used with."""
+    """Scores were computed on another model than the one they are being used with, or their sidecar
+    disagrees with the identity embedded in the safetensors file."""
+
+
+class ScoresCorruptError(ArtifactCorruptError):
+    """scores.safetensors or meta.json is truncated, unreadable or does not match its content hash."""
+
+
+def content_sha256(scores: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes (in name order): what the file must decode to."""
+    h = hashlib.sha256()
+    for name in sorted(scores):
+        t = scores[name].detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _normal(meta) -> dict:
+    return json.loads(json.dumps(meta, sort_keys=True, default=str))
+
+
+def read_scores_meta(folder: str | Path) -> tuple[dict, bool]:
+    """(meta, embedded) of a scores folder without loading the tensors: the identity embedded in
+    scores.safetensors (checked against meta.json when both exist), else meta.json alone (embedded=False:
+    scores written by another tool). Raises ScoresCorruptError / ScoresMismatchError naming the file and fix."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    path = folder / SCORES_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {SCORES_FILE} in {folder}; compute scores with cad.attribute(...).save()")
+    fix = f"delete {folder} and rerun (the scores are recomputed), or recompute them with cad.attribute(...).save()"
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except Exception as err:  # safetensors raises its own error type for truncated or garbage headers
+        raise ScoresCorruptError(f"{path} is truncated or not a safetensors file ({err}); {fix}") from err
+    embedded = None
+    if "cad_meta" in header:
+        try:
+            embedded = json.loads(header["cad_meta"])
+        except json.JSONDecodeError as err:
+            raise ScoresCorruptError(f"{path}: its embedded identity is not JSON ({err}); {fix}") from err
+    sidecar = None
+    side_path = folder / META_FILE
+    if side_path.is_file():
+        try:
+            sidecar = json.loads(side_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ScoresCorruptError(f"{side_path} is truncated or not JSON ({err}); delete it (the identity "
+                                     f"embedded in {SCORES_FILE} is used and it is rewritten on save) or {fix}") from err
+    if embedded is None:
+        return (sidecar or {}), False
+    if sidecar is not None and _normal(sidecar) != _normal(embedded):
+        diff = sorted(k for k in set(sidecar) | set(embedded) if _normal(sidecar.get(k)) != _normal(embedded.get(k)))
+        raise ScoresMismatchError(
+            f"{side_path} disagrees with the identity embedded in {path} (keys {diff[:5]}): the sidecar was edited "
+            f"or belongs to other scores. The embedded identity is authoritative: delete {side_path} to use it, "
+            f"or {fix}")
+    return embedded, True
 
 
 @dataclass
@@ -75,33 +142,59 @@ class AttributionScores:
         from safetensors.torch import save
 
         folder = Path(folder)
-        blob = save({n: s.contiguous() for n, s in self.scores.items()},
-                    metadata={"cad_meta": json.dumps(self.meta, sort_keys=True, default=str)})
+        tensors = {n: s.contiguous() for n, s in self.scores.items()}
+        # The identity travels inside the file (meta.json is a copy for people); the content hash catches
+        # bit rot and hand-made files that a well-formed header would not reveal.
+        blob = save(tensors, metadata={"cad_meta": json.dumps(self.meta, sort_keys=True, default=str),
+                                       "cad_content_sha256": content_sha256(tensors)})
         atomic_write_bytes(folder / SCORES_FILE, blob)
         atomic_write_json(folder / META_FILE, self.meta)
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path, unet=None) -> AttributionScores:
-        """Read scores from `folder`; with `unet` (or a pipeline) check they were computed on that model."""
-        from safetensors.torch import load_file
+    def load(cls, folder: str | Path, unet=None, *, force: bool = False) -> AttributionScores:
+        """Read scores from `folder`; with `unet` (or a pipeline) check they were computed on that model.
+
+        The identity comes from inside scores.safetensors (meta.json must agree with it); the tensors must hash
+        to the recorded content sha256. Scores without an embedded identity (made by another tool) are refused
+        unless `force=True`. `force=True` also accepts a UNet with another fingerprint (an intended transfer
+        between models of one architecture; names and shapes must still match)."""
+        from safetensors import safe_open
 
         folder = Path(folder)
+        meta, embedded = read_scores_meta(folder)
         path = folder / SCORES_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"no {SCORES_FILE} in {folder}; compute scores with cad.attribute(...).save()")
-        meta = json.loads((folder / META_FILE).read_text()) if (folder / META_FILE).is_file() else {}
-        out = cls(load_file(str(path)), meta)
+        fix = f"delete {folder} and rerun (the scores are recomputed)"
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+        except Exception as err:
+            raise ScoresCorruptError(f"{path} cannot be read ({err}); {fix}") from err
+        recorded = header.get("cad_content_sha256")
+        if recorded and content_sha256(tensors) != recorded:
+            raise ScoresCorruptError(f"{path}: the tensors do not match the content sha256 recorded at save time "
+                                     f"(the file was modified or corrupted); {fix}")
+        if not embedded:
+            if not force:
+                raise ScoresMismatchError(
+                    f"{path} carries no embedded cad identity (written by another tool, or hand-made), so nothing "
+                    f"ties it to a model; recompute the scores with cad.attribute(...).save(), or load with "
+                    "force=True (method.allow_other_model=true) if you trust it")
+            log.warning("loading %s without an embedded identity (force=True)", path)
+        out = cls(tensors, meta)
         if unet is not None:
-            out.check(unet)
+            out.check(unet, force=force)
         return out
 
-    def check(self, unet) -> None:
+    def check(self, unet, *, force: bool = False) -> None:
         """Raise ScoresMismatchError unless every score tensor exists in `unet` with the same shape and
-        the UNet's weight fingerprint is the one recorded at attribution time."""
+        the UNet's weight fingerprint is the one recorded at attribution time (`force=True`: a fingerprint
+        mismatch is only logged, for intended transfers to another model of the same architecture)."""
+        from cad.backbones import denoiser_of
         from cad.loading import unet_fingerprint
 
-        unet = getattr(unet, "unet", unet)
+        unet = denoiser_of(unet)
         params = dict(unet.named_parameters())
         fix = ("recompute the scores on this model with cad.attribute(...), or load the model the scores "
                f"were computed on ({self.meta.get('model', '<unknown>')})")
@@ -117,7 +210,12 @@ class AttributionScores:
         recorded = self.meta.get("unet_fingerprint")
         actual = unet_fingerprint(unet)
         if recorded != actual:
+            if force:
+                log.warning("using scores of UNet %s (model %s) on UNet %s: force=True (an intended transfer)",
+                            recorded, self.meta.get("model", "<unknown>"), actual)
+                return
             raise ScoresMismatchError(
                 f"scores were computed on a UNet with fingerprint {recorded} (model "
                 f"{self.meta.get('model', '<unknown>')}) but this UNet's fingerprint is {actual} "
-                f"(an edited or different model is another model); {fix}")
+                f"(an edited or different model is another model); {fix}, or pass force=True "
+                "(method.allow_other_model=true) for an intended transfer")

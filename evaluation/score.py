@@ -3,6 +3,10 @@
 Keys are `<benchmark name>/<metric key>` (`imagenette/acc_target`, `coco30k/fid`). The generation settings that
 made the images (meta.json of the folder, written by cad.generate) join each metric's own protocol in
 `score_protocols`, so every number in results.jsonl says how it was produced.
+
+Scoring trusts no cached image: in a folder written by cad.generate every PNG must match the sha256 of its
+manifest record (a replaced, corrupted or unrecorded file raises ImageCacheError naming it and the fix), and
+an image that does not decode raises naming the file, in any folder.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ def _metric_list(metrics) -> list:
     return metrics
 
 
-def image_paths(image_dir: str | os.PathLike, items: Sequence) -> list[Path]:
-    """The PNG of each item, in item order; a clear error if any is missing."""
+def image_paths(image_dir: str | os.PathLike, items: Sequence, *, verify: bool = True) -> list[Path]:
+    """The PNG of each item, in item order; a clear error if any is missing or (verify, in a folder written by
+    cad.generate) does not match its manifest record."""
     image_dir = Path(image_dir)
     paths = [image_dir / f"{it.id}.png" for it in items]
     missing = [p.name for p in paths if not p.is_file()]
@@ -39,12 +44,30 @@ def image_paths(image_dir: str | os.PathLike, items: Sequence) -> list[Path]:
             f"{len(missing)} of {len(paths)} images are missing in {image_dir} ({shown}). Run cad.generate for "
             "this benchmark (all shards) first; it fills only the missing items."
         )
+    if verify:
+        from cad.generate import ImageCacheError, verify_images
+
+        bad = verify_images(image_dir, items)
+        if bad:
+            shown = "; ".join(f"{p.name}: {why}" for p, why in bad[:3]) + ("; ..." if len(bad) > 3 else "")
+            raise ImageCacheError(
+                f"{len(bad)} of {len(paths)} cached images in {image_dir} are not the ones generated ({shown}). "
+                "Delete those files and rerun the generation (the same experiments.run command, or cad.generate): "
+                "it regenerates exactly the unverified items, then score again.")
     return paths
 
 
 def _load(path: Path) -> Image.Image:
-    with Image.open(path) as im:
-        return im.convert("RGB")  # convert() loads the pixels, so the file handle can close
+    from PIL import UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")  # convert() loads the pixels, so the file handle can close
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        from cad.generate import ImageCacheError
+
+        raise ImageCacheError(f"{path} is not a decodable image ({err}); delete it and rerun the generation, "
+                              "which regenerates the missing item, then score again") from err
 
 
 def score(

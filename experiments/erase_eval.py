@@ -13,19 +13,17 @@ from typing import Any
 from .metric_factory import build_metrics
 from .models import load_model, resolve_device
 from .pipeline import (
-    attribute_cached,
-    build_edits,
     directions,
     generate_cached,
+    method_edits,
     protocol_of,
-    retain_ranking_cached,
     run_id_of,
     score_folder,
     timed,
     write_metrics,
 )
 from .results import append_rows, make_rows
-from .validate import check_benchmarks, check_run
+from .validate import check_benchmarks, check_method, check_run, retain_concepts
 
 log = logging.getLogger("cad.experiments")
 
@@ -55,33 +53,32 @@ def run_erase_eval(cfg: dict, run_dir: str | Path, *, logger=None, run_id: str |
         specs = {role: {**spec, "limit_per_label": int(per_label)} for role, spec in specs.items()}
     benchmarks = {role: load_benchmark(spec, data_dir=data_dir, limit=gen.get("limit")) for role, spec in specs.items()}
 
+    plugin = check_method(method)
+    retained = retain_concepts(method, concept, model["name"])
     with timed("load model"):
         loaded = load_model(model, device=cfg.get("device", "auto"), toy_kit=cfg["paths"].get("toy_kit"))
-    scores, scores_dir, reused = None, None, False
-    if method["name"] != "none":
-        with timed("attribution"):
-            scores, scores_dir, reused = attribute_cached(loaded, concept, method, cfg["attribution"], model, outputs)
-        log.info("attribution scores %s (%s)", scores_dir, "reused" if reused else "computed")
-        if method.get("retain"):
-            with timed("retain attribution"):
-                scores, retain_dirs = retain_ranking_cached(scores, loaded, concept, method, cfg["attribution"],
-                                                            model, outputs)
-            log.info("ranked against %d retained concepts (%s)", len(retain_dirs), scores.meta["retain"]["concepts"])
-    edit, controls = build_edits(scores, method, outputs, loaded.key)
+    with timed(f"method {plugin.name}"):
+        edit, controls, info = method_edits(plugin, loaded, concept, retained, cfg, outputs)
+    if info.get("scores_path"):
+        log.info("attribution scores %s (%s)", info["scores_path"],
+                 "reused" if info.get("attribution_reused") else "computed")
     variants: dict[str, Any] = {"original": None}
     if edit is not None:
         variants["edited"] = edit
     variants.update(controls)
+    reused = bool(info.get("attribution_reused", False))
+    scores_dir = info.get("scores_path")
 
     sharded = int(gen.get("num_shards", 1)) > 1
-    goal = "amplify" if method.get("objective") == "amplify" else "erase"
+    goal = "amplify" if plugin.goal == "amplify" else "erase"
     device = resolve_device(cfg.get("device", "auto"))
     run = {"run_id": run_id or run_id_of(run_dir, outputs), "experiment": cfg.get("experiment_name"), "model": loaded.key,
-           "concept": concept["name"], "method": method["name"], "ratio": float(method["ratio"]),
-           "sign": method["sign"], "granularity": method["granularity"],
+           "concept": concept["name"], "method": plugin.name, "ratio": None, "sign": None, "granularity": None,
+           **plugin.row_fields(), "method_settings": plugin.settings(),
            "scores_path": str(scores_dir) if scores_dir else None,
-           "retain": (scores.meta.get("retain") or {}).get("concepts") if scores is not None else None}
+           "retain": info.get("retain") or None}
     payload: dict[str, Any] = {"run": run, "attribution_reused": reused, "metrics": {}, "images": {},
+                               "method_info": {k: v for k, v in info.items() if k not in ("scores_path",)},
                                "edits": {k: _edit_info(e) for k, e in variants.items() if e is not None}}
     rows = []
     for bench in benchmarks.values():
@@ -141,7 +138,8 @@ def summary_lines(payload: dict) -> list[str]:
     keys = [k for k in metrics[variants[0]] if "/acc/" not in k and "/lpips/" not in k and "/nudenet/" not in k]
     run = payload["run"]
     width = max(len(k) for k in keys) if keys else 10
-    lines = [f"{run['method']} on {run['model']}, concept {run['concept']}, ratio {run['ratio']:g}"
+    ratio = f", ratio {run['ratio']:g}" if run.get("ratio") is not None else ""
+    lines = [f"{run['method']} on {run['model']}, concept {run['concept']}{ratio}"
              + (f" (scores {'reused' if payload['attribution_reused'] else 'computed'})" if run["scores_path"] else ""),
              f"{'metric':<{width}}  " + "  ".join(f"{v:>10}" for v in variants)]
     for k in keys:

@@ -81,12 +81,14 @@ def run_fidelity(cfg: dict, run_dir: str | Path, *, logger=None) -> dict:
     with timed("load model"):
         loaded = load_model(model, device=cfg.get("device", "auto"), toy_kit=cfg["paths"].get("toy_kit"))
     with timed("attribution"):
-        scores, scores_dir, reused = attribute_cached(loaded, concept, method, cfg["attribution"], model, outputs)
+        scores, scores_dir, reused = attribute_cached(loaded, concept, cfg["attribution"], model, outputs,
+                                                      objective="erase", space=method.get("space", "ff"),
+                                                      force=bool(method.get("allow_other_model", False)))
     res = int(model["resolution"])
     kw = dict(base_prompt=concept.get("base_prompt", ""), steps=int(f.get("steps", cfg["attribution"]["steps"])),
               guidance=float(cfg["attribution"]["guidance"]), num_samples=int(f.get("num_samples", 1)),
               seed=int(cfg["attribution"].get("seed", 0)), height=res, width=res)
-    pipe, prompt = loaded.pipe, concept["prompt"]
+    pipe, prompt = loaded.backbone, concept["prompt"]
     # The unedited pass: its x_t and base predictions are held fixed for every ablation (base_target="fixed"),
     # which is the J whose first-order change the scores predict.
     reference = erase_reference(pipe, prompt, **kw)

@@ -6,6 +6,7 @@ world injects its kit's classifier, CLIP and FID features, so the same names wor
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 PAIRED = ("lpips",)  # metrics that compare edited images with the original model's images
@@ -84,3 +85,105 @@ def retention_keys(scores: dict[str, float], benchmark, concept: dict) -> dict[s
     per_class = [v for k, v in scores.items() if k.startswith(f"{prefix}acc/")]
     out[f"{prefix}acc_mean"] = sum(per_class) / len(per_class) if per_class else float("nan")
     return out
+
+
+class MetricPreflightError(ValueError):
+    """A metric's weights or reference data are not where it will look for them; the message says how to
+    provide them."""
+
+
+KNOWN_METRICS = ("classifier_accuracy", "clip_score", "fid", "nudenet", "lpips")
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def preflight_metrics(names, spec: dict, *, toy: bool, offline: bool | None = None) -> list[str]:
+    """Locate (offline) or fetch into the cache (online) every metric's weights and reference data, without
+    building the metrics; returns what was found, one line per metric. Runs before the model loads.
+
+    The toy world's evaluators are the kit's own (checked with the kit); only FID's reference folder applies
+    there. Real runs need ResNet-50 (classifier_accuracy), CLIP ViT-B/32 OpenAI (clip_score), InceptionV3 and a
+    reference image folder (fid), AlexNet (lpips) and NudeNet's bundled detector (nudenet).
+    """
+    from evaluation.metrics.base import WeightsUnavailableError, fetch_torch_hub_weights, offline_mode
+
+    found = []
+    for name in names:
+        if name not in KNOWN_METRICS:
+            raise MetricPreflightError(f"unknown metric {name!r}; known: {', '.join(KNOWN_METRICS)}")
+        try:
+            if name == "fid":
+                found.append(f"fid reference: {_fid_reference(spec)}")
+            if toy:
+                continue
+            if name == "classifier_accuracy":
+                from torchvision.models import ResNet50_Weights
+
+                found.append(str(fetch_torch_hub_weights(ResNet50_Weights.IMAGENET1K_V2.url, "ResNet-50", offline)))
+            elif name == "lpips":
+                from torchvision.models import AlexNet_Weights
+
+                found.append(str(fetch_torch_hub_weights(AlexNet_Weights.IMAGENET1K_V1.url, "LPIPS AlexNet",
+                                                         offline)))
+            elif name == "fid":
+                from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+                found.append(str(fetch_torch_hub_weights(URL_INCEPTION_V3, "FID InceptionV3 (torch-fidelity)",
+                                                         offline)))
+            elif name == "clip_score":
+                found.append(_locate_clip(offline_mode(offline)))
+            elif name == "nudenet":
+                found.append(_locate_nudenet())
+        except WeightsUnavailableError as err:
+            raise MetricPreflightError(f"metric {name!r}: {err}") from err
+    return found
+
+
+def _fid_reference(spec: dict) -> str:
+    ref = (spec.get("meta") or {}).get("fid_reference")
+    name = spec.get("name")
+    if not ref:
+        raise MetricPreflightError(f"FID on {name!r} needs a folder of reference images: set "
+                                   f"benchmark.meta.fid_reference=<folder of COCO val2014 images> (or "
+                                   f"retain.<role>.meta.fid_reference), or drop fid from the benchmark's metrics")
+    folder = Path(str(ref)).expanduser()
+    if not folder.is_dir():
+        raise MetricPreflightError(f"FID reference folder {folder} (benchmark {name!r} meta.fid_reference) does not "
+                                   "exist; point it at a folder of real images, e.g. COCO val2014")
+    if not any(p.suffix.lower() in _IMAGE_SUFFIXES for p in folder.rglob("*")):
+        raise MetricPreflightError(f"FID reference folder {folder} holds no images ({', '.join(_IMAGE_SUFFIXES)}); "
+                                   "fill it with the real reference images")
+    return str(folder)
+
+
+def _locate_clip(offline: bool) -> str:
+    from evaluation.metrics.base import WeightsUnavailableError
+    from evaluation.metrics.clip_score import CLIP_MODEL, CLIP_PRETRAINED, _cached_open_clip_file
+
+    hit = _cached_open_clip_file(CLIP_MODEL, CLIP_PRETRAINED, None)
+    if hit:
+        return hit
+    how = ("pre-download on a machine with internet (python -c \"from evaluation.metrics import *; "
+           "load_openai_clip(offline=False)\") and copy the HF cache (HF_HOME) here")
+    if offline:
+        raise WeightsUnavailableError(f"open_clip {CLIP_MODEL} '{CLIP_PRETRAINED}' weights are not in the local "
+                                      f"cache and offline mode is on (HF_HUB_OFFLINE=1); {how}")
+    import open_clip
+
+    try:  # download into the cache now, not after generation
+        return str(open_clip.pretrained.download_pretrained(open_clip.get_pretrained_cfg(CLIP_MODEL, CLIP_PRETRAINED)))
+    except Exception as err:
+        raise WeightsUnavailableError(f"could not download open_clip {CLIP_MODEL} '{CLIP_PRETRAINED}': {err}; "
+                                      f"{how}") from err
+
+
+def _locate_nudenet() -> str:
+    from evaluation.metrics.base import WeightsUnavailableError
+
+    try:
+        import nudenet
+    except ImportError as err:
+        raise WeightsUnavailableError("the NudeNet metric needs nudenet==3.4.2: pip install nudenet==3.4.2") from err
+    path = Path(nudenet.__file__).parent / "320n.onnx"
+    if not path.is_file():
+        raise WeightsUnavailableError(f"nudenet's bundled detector {path} is missing; reinstall nudenet==3.4.2")
+    return str(path)

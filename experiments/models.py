@@ -12,7 +12,7 @@ import torch
 
 @dataclass
 class LoadedModel:
-    pipe: Any
+    backbone: Any       # the cad.backbones.Backbone of the model family (model.family)
     kit: Any            # the toy kit (classifier, CLIP, FID features) for model=toy, else None
     key: str            # folder name in the caches: model name, plus the checkpoint's fingerprint if any
     source: str         # what was loaded (hub id or folder)
@@ -20,6 +20,10 @@ class LoadedModel:
     checkpoint: str | None
     # a hash of the UNet, text encoder and VAE weights: what the images and attributions depend on
     pipeline_fingerprint: str = ""
+
+    @property
+    def pipe(self):
+        return self.backbone.pipe
 
     @property
     def cache_key(self) -> str:
@@ -35,31 +39,16 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_unet_checkpoint(pipe, path: str | Path) -> None:
-    """Replace the UNet weights by an erased model's (strict: every tensor must match by name and shape)."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        from diffusers import UNet2DConditionModel
+def load_unet_checkpoint(backbone, path: str | Path) -> dict:
+    """Write an erased model's denoiser weights over the base model's (cad.checkpoints: diffusers folders, full
+    or partial diffusers-named state dicts, CompVis/LDM files; never unpickling code)."""
+    from cad.checkpoints import load_denoiser_checkpoint
 
-        sub = path / "unet" if (path / "unet").is_dir() else path
-        unet = UNet2DConditionModel.from_pretrained(str(sub), torch_dtype=pipe.unet.dtype)
-        state = unet.state_dict()
-    elif path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-    try:
-        pipe.unet.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise ValueError(f"checkpoint {path} does not fit this model's UNet ({err.args[0][:300]}...); pass a UNet "
-                         "state dict in diffusers naming for the same base model (model=...)") from err
+    return load_denoiser_checkpoint(backbone, path)
 
 
 def load_model(model: dict, *, device: str = "auto", toy_kit: str | None = None) -> LoadedModel:
-    from cad.loading import load_pipeline, unet_fingerprint
+    from cad.backbones import load as load_backbone
 
     kit = None
     source = str(model["id"])
@@ -68,26 +57,14 @@ def load_model(model: dict, *, device: str = "auto", toy_kit: str | None = None)
 
         kit = load_kit(toy_kit)
         source = str(kit.pipeline_path)
-    pipe = load_pipeline(source, dtype=model.get("dtype", "float32"), device=resolve_device(device),
-                         scheduler=model.get("scheduler", "ddim"))
+    bb = load_backbone(source, family=model.get("family"), dtype=model.get("dtype", "float32"),
+                       device=resolve_device(device), scheduler=model.get("scheduler", "default"))
+    if model.get("max_sequence_length") and hasattr(bb, "max_sequence_length"):
+        bb.max_sequence_length = int(model["max_sequence_length"])
     ckpt = model.get("checkpoint")
     if ckpt:
-        load_unet_checkpoint(pipe, ckpt)
-    fingerprint = unet_fingerprint(pipe.unet)
+        load_unet_checkpoint(bb, ckpt)
+    fingerprint = bb.denoiser_fingerprint()
     key = str(model["name"]) + (f"+{Path(str(ckpt)).stem}-{fingerprint[:8]}" if ckpt else "")
-    return LoadedModel(pipe, kit, key, source, fingerprint, str(ckpt) if ckpt else None,
-                       pipeline_fingerprint=pipeline_fingerprint(pipe, fingerprint))
-
-
-def pipeline_fingerprint(pipe, unet_fp: str | None = None) -> str:
-    """A hash over the UNet, text encoder and VAE weights (cad.loading.unet_fingerprint of each module)."""
-    import hashlib
-
-    from cad.loading import unet_fingerprint
-
-    h = hashlib.blake2b(digest_size=16)
-    h.update((unet_fp or unet_fingerprint(pipe.unet)).encode())
-    for name in ("text_encoder", "vae"):
-        module = getattr(pipe, name, None)
-        h.update(f"|{name}:{unet_fingerprint(module) if module is not None else '-'}".encode())
-    return h.hexdigest()
+    return LoadedModel(bb, kit, key, source, fingerprint, str(ckpt) if ckpt else None,
+                       pipeline_fingerprint=bb.fingerprint(fingerprint))

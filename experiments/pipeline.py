@@ -21,82 +21,101 @@ from .models import LoadedModel
 log = logging.getLogger("cad.experiments")
 
 
-def attribution_settings(model: dict, concept: dict, method: dict, attribution: dict) -> dict:
+def attribution_settings(model: dict, concept: dict, objective: str, space: str, attribution: dict) -> dict:
     """Everything that determines the scores (and so names their cache folder)."""
     return {
         "prompt": concept["prompt"], "base_prompt": concept.get("base_prompt", ""),
-        "objective": method["objective"], "space": method.get("space", "ff"),
+        "objective": objective, "space": space,
         "steps": int(attribution["steps"]), "guidance": float(attribution["guidance"]),
         "num_samples": int(attribution.get("num_samples", 1)), "seed": int(attribution.get("seed", 0)),
-        "estimator": attribution.get("estimator", "trajectory") if method["objective"] == "erase" else "direct",
+        "estimator": attribution.get("estimator", "trajectory") if objective == "erase" else "direct",
         "resolution": int(model["resolution"]), "images": attribution.get("images"),
     }
 
 
-def attribute_cached(loaded: LoadedModel, concept: dict, method: dict, attribution: dict, model: dict,
-                     outputs: Path) -> tuple[Any, Path, bool]:
+def attribute_cached(loaded: LoadedModel, concept: dict, attribution: dict, model: dict, outputs: Path, *,
+                     objective: str = "erase", space: str = "ff", force: bool = False) -> tuple[Any, Path, bool]:
     """Scores from the cache folder named by the model fingerprint and settings, computed once if absent.
 
     Returns (scores, folder, reused). Scores given explicitly (attribution.scores) are checked against the
-    loaded UNet (cad.scores raises ScoresMismatchError for another model's scores).
+    loaded denoiser (cad.scores raises ScoresMismatchError for another model's scores unless force).
     """
     from cad.attribution import attribute
     from cad.scores import AttributionScores
 
     if attribution.get("scores"):
         folder = Path(str(attribution["scores"])).expanduser()
-        return AttributionScores.load(folder, unet=loaded.pipe.unet), folder, True
-    settings = attribution_settings(model, concept, method, attribution)
-    key = stable_hash({"pipeline": loaded.pipeline_fingerprint, **settings})  # UNet, text encoder and VAE
+        return AttributionScores.load(folder, unet=loaded.pipe, force=force), folder, True
+    settings = attribution_settings(model, concept, objective, space, attribution)
+    key = stable_hash({"pipeline": loaded.pipeline_fingerprint, **settings})  # denoiser, text encoders and VAE
     folder = outputs / "attributions" / loaded.key / concept["name"] / key
     if (folder / "scores.safetensors").is_file():
-        return AttributionScores.load(folder, unet=loaded.pipe.unet), folder, True
+        return AttributionScores.load(folder, unet=loaded.pipe, force=force), folder, True
     res = int(model["resolution"])
-    scores = attribute(loaded.pipe, settings["prompt"], objective=settings["objective"],
+    scores = attribute(loaded.backbone, settings["prompt"], objective=objective,
                        base_prompt=settings["base_prompt"], steps=settings["steps"], guidance=settings["guidance"],
                        num_samples=settings["num_samples"], seed=settings["seed"],
-                       estimator=attribution.get("estimator", "trajectory"), space=settings["space"],
-                       images=settings["images"], height=res, width=res, progress=False)
+                       estimator=attribution.get("estimator", "trajectory"), space=space,
+                       images=settings["images"], image_prompt=attribution.get("image_prompt") or None,
+                       num_images=int(attribution.get("num_images", 8)),
+                       image_guidance=float(attribution.get("image_guidance", model["guidance"])),
+                       height=res, width=res, progress=False)
     scores.meta.update(model_id=str(model["id"]), model_key=loaded.key, settings=settings)
     scores.save(folder)
     return scores, folder, False
 
 
-def retain_ranking_cached(scores, loaded: LoadedModel, concept: dict, method: dict, attribution: dict, model: dict,
-                          outputs: Path) -> tuple[Any, list[Path]]:
-    """With method.retain set, the target's scores ranked against the retained concepts' (cad.retain_ranking;
-    each retained concept attributed, and cached, like the target); else the scores unchanged."""
-    from cad.retain import retain_ranking
+def method_edits(method, loaded: LoadedModel, concept: dict, retained: list[dict], cfg: dict,
+                 outputs: Path) -> tuple[Any, dict[str, Any], dict]:
+    """(the method's edit or None, {variant name: control edit}, info) for one run.
 
-    from .validate import retain_concepts
+    CAD-based methods get cached attribution scores through the context (cheap to rebuild the mask); any other
+    method's edit (ESD, UCE, ...) is cached itself, under edits/<model>/<method>/<hash of its settings, the
+    concept and the weights>, so a rerun or a second benchmark never trains twice. Every edit is also saved by
+    its fingerprint (what results rows point at).
+    """
+    from cad.edits import load_edit
+    from cad.methods import MethodContext
 
-    retained = retain_concepts(method, concept, model["name"])
-    if not retained:
-        return scores, []
-    kept = [attribute_cached(loaded, c, method, attribution, model, outputs) for c in retained]
-    ranked = retain_ranking(scores, [k[0] for k in kept], reduce=method.get("retain_reduce", "mean"),
-                            names=[c["name"] for c in retained])
-    return ranked, [k[1] for k in kept]
+    model, attribution = cfg["model"], cfg["attribution"]
+    used: list[tuple[Path, bool]] = []
+    force = bool(getattr(method, "allow_other_model", False))
 
+    def scores(c: dict, objective: str, space: str):
+        s, folder, reused = attribute_cached(loaded, c, attribution, model, outputs, objective=objective,
+                                             space=space, force=force)
+        used.append((folder, reused))
+        return s
 
-def build_edits(scores, method: dict, outputs: Path, model_key: str) -> tuple[Any, dict[str, Any]]:
-    """(the method's edit or None, {variant name: random control edit}); edits are saved by fingerprint."""
-    from cad.edits import Edit
-
-    if method["name"] == "none" or scores is None:
-        return None, {}
-    edit = Edit.from_scores(scores, float(method["ratio"]), method["sign"], method["granularity"])
-    controls = {}
-    seeds = [method["seed"]] if method["name"] == "random" else list(method.get("controls") or [])
-    for seed in seeds:
-        controls[f"random-{seed}"] = Edit.random_like(edit, int(seed))
+    res = int(model["resolution"])
+    ctx = MethodContext(backbone=loaded.backbone, concept=concept, retain=retained, seed=int(cfg.get("seed", 0)),
+                        attribution={**attribution, "height": res, "width": res}, scores=scores)
+    info: dict[str, Any] = {}
+    if method.uses_scores or method.goal == "none":
+        out = method.build(ctx)
+        edit, controls, info = out.edit, out.controls, dict(out.info)
+    else:
+        key = stable_hash({"method": method.settings(), "concept": concept, "pipeline": loaded.pipeline_fingerprint,
+                           "resolution": res, "seed": ctx.seed})
+        folder = outputs / "edits" / loaded.key / method.name / key
+        if (folder / "edit.safetensors").is_file():
+            edit, controls, info = load_edit(folder), {}, {"edit_reused": str(folder)}
+        else:
+            with timed(f"build {method.name} edit"):
+                out = method.build(ctx)
+            edit, controls, info = out.edit, out.controls, dict(out.info)
+            if edit is not None:
+                edit.save(folder)
     for e in [edit, *controls.values()]:
-        folder = outputs / "edits" / model_key / e.fingerprint
+        if e is None:
+            continue
+        folder = outputs / "edits" / loaded.key / e.fingerprint
         if not (folder / "edit.safetensors").is_file():
             e.save(folder)
-    if method["name"] == "random":
-        return None, controls
-    return edit, controls
+    if used:
+        info["scores_path"] = str(used[0][0])
+        info["attribution_reused"] = used[0][1]  # the target concept's scores (retained ones follow)
+    return edit, controls, info
 
 
 def sampler_of(model: dict, generation: dict) -> dict:
@@ -112,13 +131,18 @@ def generate_cached(loaded: LoadedModel, benchmark, edit, model: dict, generatio
     s = sampler_of(model, generation)
     sampler = sampler_settings(loaded.pipe, **s)
     out = image_dir(outputs, loaded.cache_key, edit, sampler, benchmark)
-    generate(loaded.pipe, benchmark, out, edit=edit, steps=s["steps"], guidance=s["guidance"], height=s["height"],
+    generate(loaded.pipe, benchmark, out, edit=edit, call_kwargs=_call_kwargs(loaded, s["guidance"]), steps=s["steps"], guidance=s["guidance"], height=s["height"],
              width=s["width"], batch_size=int(generation.get("batch_size", 8)), seed_mode=s["seed_mode"],
              fixed_seed=s["fixed_seed"], shard=int(generation.get("shard", 0)),
              num_shards=int(generation.get("num_shards", 1)), progress=False,
              info={"model": loaded.source, "model_key": loaded.key, "unet_fingerprint": loaded.fingerprint,
                    "pipeline_fingerprint": loaded.pipeline_fingerprint, "checkpoint": loaded.checkpoint})
     return out
+
+
+def _call_kwargs(loaded: LoadedModel, guidance: float) -> dict:
+    """The family's own pipeline arguments besides guidance (e.g. FLUX's max_sequence_length)."""
+    return {k: v for k, v in loaded.backbone.call_kwargs(guidance).items() if k != "guidance_scale"}
 
 
 def score_folder(images: Path, benchmark, metrics: dict, reference: Path | None, concept: dict) -> tuple[dict, dict]:

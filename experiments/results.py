@@ -1,19 +1,30 @@
 """The results table: outputs/results.jsonl, one JSON row per run x variant x benchmark x metric.
 
-Rows are appended under an exclusive file lock, one complete line per write, so parallel sweep points
-(joblib processes, SLURM jobs on a shared filesystem) never interleave or truncate each other's rows.
+Every row carries `row_key`, a hash of what produced it (the run's configuration, variant, benchmark and
+metric; not the run folder or time), so a resumed or repeated sweep point supersedes its old rows instead of
+adding more: `append_rows` skips rows whose key and value are already in the table, and `read_latest` keeps
+the last row per key. Rows are appended under an exclusive file lock in one `os.write` with O_APPEND, so
+parallel sweep points (joblib processes, SLURM jobs on a shared filesystem) never interleave or tear them;
+a torn last line left by a crash is skipped by readers with a warning, and healed by the next append.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging
 import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-ROW_KEYS = ("run_id", "experiment", "model", "concept", "method", "variant", "ratio", "sign", "granularity",
+from cad.io import stable_hash, storage_error
+
+log = logging.getLogger("cad.experiments")
+
+ROW_KEYS = ("row_key", "config_hash", "run_id", "experiment", "model", "concept", "method", "variant", "ratio", "sign", "granularity",
             "benchmark", "metric", "value", "higher_is_better", "protocol", "edit_fingerprint", "scores_path",
             "retain")
 
@@ -29,18 +40,84 @@ def make_rows(*, run: Mapping[str, Any], variant: str, benchmark: str, metrics: 
     missing = [k for k in ("run_id", "model", "concept", "method") if k not in run]
     if missing:
         raise ValueError(f"result rows need run fields {missing}")
+    chash = run.get("config_hash") or config_hash_of_run(run, protocol, edit_fingerprint)
     rows = []
     for key, value in metrics.items():
         rows.append({
+            "row_key": row_key(chash, variant, benchmark, key), "config_hash": chash,
             "run_id": run["run_id"], "experiment": run.get("experiment"), "model": run["model"],
             "concept": run["concept"], "method": run["method"], "variant": variant,
             "ratio": run.get("ratio"), "sign": run.get("sign"), "granularity": run.get("granularity"),
             "benchmark": benchmark, "metric": key, "value": _json_number(value),
             "higher_is_better": directions.get(key), "protocol": dict(protocol),
             "edit_fingerprint": edit_fingerprint, "scores_path": run.get("scores_path"),
-            "retain": run.get("retain"),
+            "retain": run.get("retain"), "method_settings": run.get("method_settings"),
         })
     return rows
+
+
+_POINT = ("experiment", "model", "concept", "method", "variant", "ratio", "sign", "granularity", "retain",
+          "benchmark", "metric", "protocol", "edit_fingerprint")
+# Run fields that do not change a result: where and when it ran.
+_NOT_IDENTITY = ("run_id", "config_hash", "time", "run_dir")
+
+
+def config_hash(cfg: Mapping[str, Any]) -> str:
+    """Hash of a run's composed config minus what does not change its numbers (output paths, logger, launcher,
+    hydra): the `config_hash` a runner may put into `run` so rows of reruns share their keys."""
+    drop = {"paths", "logger", "launcher", "hydra"}
+    return stable_hash({k: v for k, v in dict(cfg).items() if k not in drop}, 16)
+
+
+def config_hash_of_run(run: Mapping[str, Any], protocol: Mapping[str, Any], edit_fingerprint: str | None) -> str:
+    """Without a config hash from the runner: the run fields, the edit and the protocol (sampler, backbones,
+    weights fingerprint, items) minus package versions and run ids, which is what produced the numbers."""
+    proto = {k: v for k, v in dict(protocol).items() if k != "versions"}
+    ident = {k: v for k, v in dict(run).items() if k not in _NOT_IDENTITY}
+    return stable_hash({"run": ident, "edit": edit_fingerprint, "protocol": proto}, 16)
+
+
+def row_key(config_hash: str, variant: str, benchmark: str, metric: str) -> str:
+    return stable_hash([config_hash, variant, benchmark, metric], 16)
+
+
+def key_of(row: Mapping[str, Any]) -> str:
+    """A row's dedup key (rows written before keys existed get one from their fields, run_id excluded)."""
+    if row.get("row_key"):
+        return str(row["row_key"])
+    # The sweep point of evaluation.report's `latest`; a row with none of those fields is its own key.
+    fields = {k: row.get(k) for k in _POINT}
+    return "legacy-" + stable_hash(fields if any(v is not None for v in fields.values()) else dict(row), 16)
+
+
+def read_rows(path: str | os.PathLike) -> list[dict]:
+    """Every complete row in file order; an undecodable line (a torn tail of a crashed writer) is skipped with
+    a warning naming the line, never silently."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for n, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            log.warning("%s, line %d is not a complete JSON row (torn write?); skipped", path, n)
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def read_latest(path: str | os.PathLike) -> list[dict]:
+    """One row per key (what produced it): the last written wins, in the order keys first appeared."""
+    out: dict[str, dict] = {}
+    for row in read_rows(path):
+        k = key_of(row)
+        out.pop(k, None)
+        out[k] = row
+    return list(out.values())
 
 
 def _json_number(value: Any) -> float | None:
@@ -50,26 +127,51 @@ def _json_number(value: Any) -> float | None:
 
 
 def append_rows(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> int:
-    """Append rows to a JSONL table under an exclusive lock; each row is one write of one full line."""
+    """Append rows to a JSONL table under an exclusive lock in one write; returns how many were written.
+
+    A row whose key is already in the table with the same value is not written again (a resumed sweep point
+    re-scoring cached images adds nothing); a row with a new value for a known key is appended and supersedes
+    the old one in `read_latest`.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps(dict(r), sort_keys=True, default=str) + "\n" for r in rows]
-    if not lines:
+    rows = [dict(r) for r in rows]
+    if not rows:
         return 0
     lock = path.with_name(path.name + ".lock")
-    with open(lock, "a") as lf:
-        _lock(lf)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a") as lf:
+            _lock(lf)
             try:
-                for line in lines:
-                    os.write(fd, line.encode("utf-8"))
-                os.fsync(fd)
+                # Only keyed rows (make_rows) are deduplicated; other rows are appended as given.
+                seen = {key_of(r): r.get("value") for r in read_rows(path)} if any("row_key" in r for r in rows) else {}
+                new = [r for r in rows if "row_key" not in r or key_of(r) not in seen or seen[key_of(r)] != r.get("value")]
+                if not new:
+                    return 0
+                blob = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in new).encode("utf-8")
+                fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+                try:
+                    size = os.fstat(fd).st_size
+                    if size:
+                        # A crash mid-line left a torn tail: start on a fresh line so our rows stay whole.
+                        os.lseek(fd, size - 1, os.SEEK_SET)
+                        if os.read(fd, 1) != b"\n":
+                            blob = b"\n" + blob
+                    try:
+                        if os.write(fd, blob) != len(blob):  # one write: readers see all of it or none
+                            raise OSError(errno.ENOSPC, "short write", str(path))
+                        os.fsync(fd)
+                    except OSError:
+                        with contextlib.suppress(OSError):
+                            os.ftruncate(fd, size)  # a full disk must not leave half a row behind
+                        raise
+                finally:
+                    os.close(fd)
             finally:
-                os.close(fd)
-        finally:
-            _unlock(lf)
-    return len(lines)
+                _unlock(lf)
+    except OSError as err:
+        raise storage_error(err, path, "append results to") from err
+    return len(new)
 
 
 def _lock(f) -> None:

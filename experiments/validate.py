@@ -1,15 +1,28 @@
-"""Checks that run before any model is loaded: bad input stops in milliseconds with an error naming the fix."""
+"""Checks that run before any model is loaded: bad input stops in milliseconds with an error naming the fix.
+
+`check_run` (called first by every task) checks, in order: the schema (unknown keys are refused even when
+added with `+`, with a "did you mean"), names that reach the file system, every number's range, the device,
+the model, the method, the concept, retained concepts, given scores, sharding and (erase_eval) each
+metric's weights and reference data. The schema is generic: for each config group the allowed keys are those
+of the chosen option's own yaml file (conf/<group>/<option>.yaml, found by the option's `name`; every option
+of the group when no file has that name) plus the few optional keys in OPTIONAL_KEYS; top-level keys are
+those of conf/config.yaml, the groups, and what `@package _global_` options (experiments, twins, worlds,
+launchers) set. A new model family or method plugin therefore needs its yaml file only.
+"""
 
 from __future__ import annotations
 
+import difflib
 import json
+import math
+import re
 from collections.abc import Mapping
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from cad.io import UnsafeNameError, safe_name
 from cad.retain import REDUCES as RETAIN_REDUCES
-from cad.selection import GRANULARITIES as KNOWN_GRANULARITY
-from cad.selection import SIGNS as KNOWN_SIGNS
 
 from . import CONF_DIR
 
@@ -20,6 +33,237 @@ class ConfigError(ValueError):
 
 def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+# Keys an option may carry without its yaml file listing them (read with .get(...) by the runners).
+OPTIONAL_KEYS: dict[str, set[str]] = {
+    "model": {"checkpoint", "scheduler", "vae_scale_factor", "family", "backbone"},
+    "method": {"seed", "controls", "retain", "retain_reduce", "space", "allow_other_model"},
+    "concept": {"toy", "kind", "label", "base_prompt", "negative_prompt", "images"},
+    "benchmark": {"limit_per_label", "subset", "meta", "limit", "description"},
+    "attribution": {"images", "batch_size", "scores"},
+    "generation": set(),
+    "logger": set(),
+    "paths": set(),
+}
+# Top-level keys beyond conf/config.yaml, the groups and what global-package options set.
+OPTIONAL_TOP_KEYS = {"hydra"}
+
+
+@lru_cache(maxsize=256)
+def _yaml(path: Path) -> tuple[dict, bool]:
+    """(content, is a `@package _global_` file) of a conf file."""
+    import yaml
+
+    text = path.read_text()
+    return (yaml.safe_load(text) or {}), "@package _global_" in text[:300]
+
+
+def _option_keys(group: str, option: str | None) -> set[str] | None:
+    """Keys of conf/<group>/<option>.yaml (following `defaults:` entries of the same group); None if absent."""
+    path = CONF_DIR / group / f"{option}.yaml"
+    if option is None or not path.is_file():
+        return None
+    data, _ = _yaml(path)
+    keys = {k for k in data if k != "defaults"}
+    for entry in data.get("defaults") or []:
+        if isinstance(entry, str) and entry != "_self_":
+            keys |= _option_keys(group, entry.rsplit("/", 1)[-1]) or set()
+    return keys
+
+
+def _group_dirs() -> list[str]:
+    return sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and any(p.glob("*.yaml")))
+
+
+def _global_sets() -> dict[str, set[str]]:
+    """What `@package _global_` options set: top-level key -> the keys they set under it ("" = scalars)."""
+    out: dict[str, set[str]] = {}
+    for group in _group_dirs():
+        for path in sorted((CONF_DIR / group).glob("*.yaml")):
+            data, is_global = _yaml(path)
+            if not is_global:
+                continue
+            for key, value in data.items():
+                if key in ("defaults", "hydra"):
+                    continue
+                out.setdefault(key, set()).update(value if isinstance(value, dict) else ())
+            for entry in data.get("defaults") or []:  # `- /benchmark@twin_benchmarks.target: toy_objects`
+                if isinstance(entry, dict):
+                    for target in entry:
+                        if "@" in str(target):
+                            out.setdefault(str(target).split("@", 1)[1].split(".")[0], set())
+    return out
+
+
+def _unknown(keys, allowed: set[str], where: str) -> None:
+    bad = sorted(k for k in keys if k not in allowed)
+    if not bad:
+        return
+    key = bad[0]
+    close = difflib.get_close_matches(str(key), sorted(allowed), n=1, cutoff=0.6)
+    hint = f"; did you mean {where}{close[0]}?" if close else ""
+    raise ConfigError(f"unknown config key {where}{key}{hint} Known keys of {where.rstrip('.') or 'the config'}: "
+                      f"{', '.join(sorted(allowed))}. Remove it (a `+key=` override adds keys Hydra does not know; "
+                      "cad refuses them instead of ignoring them)")
+
+
+def check_schema(cfg: Mapping[str, Any]) -> None:
+    """Refuse keys that no config file defines (typos such as `+method.ration=0.01`), naming the closest key."""
+    base, _ = _yaml(CONF_DIR / "config.yaml")
+    globals_ = _global_sets()
+    groups = [g for g in _group_dirs() if not all(_yaml(p)[1] for p in (CONF_DIR / g).glob("*.yaml"))]
+    top = {k for k in base if k not in ("defaults", "hydra")} | set(groups) | set(globals_) | OPTIONAL_TOP_KEYS
+    _unknown(cfg, top, "")
+    for group in groups:
+        section = cfg.get(group)
+        if not isinstance(section, Mapping):
+            continue
+        name = section.get("name")
+        keys = _option_keys(group, None if name is None else str(name))
+        if keys is None:  # an option renamed by an override (model.name=mine): any option's keys are fine
+            keys = set().union(*(_option_keys(group, o) or set() for o in _options(group)))
+        allowed = keys | OPTIONAL_KEYS.get(group, set()) | globals_.get(group, set())
+        if group == "benchmark":
+            from evaluation.benchmarks import _SPEC_KEYS
+
+            allowed |= set(_SPEC_KEYS)
+        _unknown(section, allowed, f"{group}.")
+    for key, value in base.items():
+        if isinstance(value, dict) and value and isinstance(cfg.get(key), Mapping):
+            allowed = set(value) | OPTIONAL_KEYS.get(key, set()) | globals_.get(key, set())
+            _unknown(cfg[key], allowed, f"{key}.")
+    for role, spec in (cfg.get("retain") or {}).items():
+        if isinstance(spec, Mapping):
+            from evaluation.benchmarks import _SPEC_KEYS
+
+            _unknown(spec, set(_SPEC_KEYS) | OPTIONAL_KEYS["benchmark"], f"retain.{role}.")
+
+
+def check_names(cfg: Mapping[str, Any], concept: Mapping[str, Any] | None = None) -> None:
+    """Names that become folder names (outputs/attributions/<model>/<concept>/..., W&B run names, image
+    caches) must be single plain path components: `..`, separators and absolute paths are refused."""
+    named = [("model.name", (cfg.get("model") or {}).get("name")),
+             ("concept.name", (cfg.get("concept") or {}).get("name")),
+             ("experiment_name", cfg.get("experiment_name")),
+             ("method.name", (cfg.get("method") or {}).get("name")),
+             ("benchmark.name", (cfg.get("benchmark") or {}).get("name"))]
+    if concept is not None:
+        named.append(("concept.toy", concept.get("name")))
+    named += [(f"retain.{role}.name", spec.get("name")) for role, spec in (cfg.get("retain") or {}).items()
+              if isinstance(spec, Mapping)]
+    logger = cfg.get("logger") or {}
+    if isinstance(logger, Mapping) and logger.get("group") is not None:
+        named.append(("logger.group", logger.get("group")))
+    for what, value in named:
+        if value is None and what in ("experiment_name", "logger.group"):
+            continue
+        try:
+            safe_name(value, what)
+        except UnsafeNameError as err:
+            raise ConfigError(str(err)) from err
+
+
+def _number(value, what: str, *, lo=None, integer=False, fix: str) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
+    if ok and integer:
+        ok = float(value).is_integer()
+    if ok and lo is not None:
+        ok = float(value) >= lo
+    if not ok:
+        kind = "an integer" if integer else "a finite number"
+        raise ConfigError(f"{what}={value!r} must be {kind}" + (f" >= {lo:g}" if lo is not None else "") + f"; {fix}")
+    return float(value)
+
+
+def vae_scale_factor(model: Mapping[str, Any], toy_kit: str | None = None) -> int:
+    """Pixels per latent cell, read from the VAE config where it is on disk (toy kit, local folders), else
+    model.vae_scale_factor, else 8 (every Stable Diffusion family)."""
+    if model.get("vae_scale_factor"):
+        return int(model["vae_scale_factor"])
+    mid = str(model.get("id", ""))
+    if mid == "toy":
+        from cad.toy.kit import DEFAULT_KIT
+
+        folder = Path(toy_kit) if toy_kit else DEFAULT_KIT
+        candidates = [folder / "pipeline" / "vae" / "config.json"]
+    else:
+        candidates = [Path(mid).expanduser() / "vae" / "config.json"]
+    for path in candidates:
+        try:
+            channels = json.loads(path.read_text())["block_out_channels"]
+            return 2 ** (len(channels) - 1)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return 8
+
+
+def check_numbers(cfg: Mapping[str, Any]) -> None:
+    """Every number in range, before anything is loaded."""
+    model, method = cfg.get("model") or {}, cfg.get("method") or {}
+    att, gen, fid = cfg.get("attribution") or {}, cfg.get("generation") or {}, cfg.get("fidelity") or {}
+    for what, value in (("model.guidance", model.get("guidance")), ("attribution.guidance", att.get("guidance"))):
+        if value is not None:
+            _number(value, what, lo=0, fix="classifier-free guidance scales are >= 0 (SD uses 7.5; 1 = no guidance)")
+    for what, value in (("model.steps", model.get("steps")), ("attribution.steps", att.get("steps")),
+                        ("fidelity.steps", fid.get("steps"))):
+        if value is not None:
+            _number(value, what, lo=1, integer=True, fix="the sampler needs at least one step, e.g. 50")
+    for what, value in (("generation.batch_size", gen.get("batch_size")),
+                        ("attribution.batch_size", att.get("batch_size")),
+                        ("attribution.num_samples", att.get("num_samples")),
+                        ("fidelity.num_samples", fid.get("num_samples")),
+                        ("fidelity.n_ablations", fid.get("n_ablations"))):
+        if value is not None:
+            _number(value, what, lo=1, integer=True, fix="use a positive count, e.g. 8")
+    for what, value in (("generation.num_shards", gen.get("num_shards")),):
+        if value is not None:
+            _number(value, what, lo=1, integer=True, fix="use 1 for one job, or the number of shard jobs")
+    for what, value in (("generation.limit", gen.get("limit")), ("generation.per_label", gen.get("per_label"))):
+        if value is not None:
+            _number(value, what, lo=1, integer=True, fix="use a positive count, or null for every item")
+    seeds = [("seed", cfg.get("seed")), ("attribution.seed", att.get("seed")),
+             ("generation.fixed_seed", gen.get("fixed_seed")), ("generation.shard", gen.get("shard")),
+             ("method.seed", method.get("seed")), ("fidelity.seed", fid.get("seed"))]
+    seeds += [(f"method.controls[{i}]", s) for i, s in enumerate(method.get("controls") or [])]
+    for what, value in seeds:
+        if value is not None:
+            _number(value, what, lo=0, integer=True, fix="seeds are non-negative integers, e.g. 0")
+    for i, r in enumerate(fid.get("ratios") or []):
+        _number(r, f"fidelity.ratios[{i}]", lo=0, fix="ratios are fractions in [0, 1]")
+        if float(r) > 1:
+            raise ConfigError(f"fidelity.ratios[{i}]={r} is not a fraction in [0, 1]; e.g. 0.01")
+    res = model.get("resolution")
+    if res is not None:
+        _number(res, "model.resolution", lo=1, integer=True, fix="use the model's native size, e.g. 512")
+        factor = vae_scale_factor(model, (cfg.get("paths") or {}).get("toy_kit"))
+        if int(res) % factor:
+            lower = int(res) // factor * factor
+            raise ConfigError(f"model.resolution={res} is not divisible by the VAE's downsampling factor {factor} "
+                              f"of model {model.get('name')!r}; use a multiple of {factor}, e.g. "
+                              f"{lower or factor} or {lower + factor}")
+
+
+def check_device(device: Any) -> None:
+    """The device exists on this machine (asked for cuda without CUDA is an error now, not after loading)."""
+    import torch
+
+    text = str(device if device is not None else "auto")
+    m = re.fullmatch(r"(auto|cpu|mps|cuda)(?::(\d+))?", text)
+    if not m or (m.group(2) is not None and m.group(1) != "cuda"):
+        raise ConfigError(f"device={text!r} is not a device; use device=auto (cuda if available), cpu, cuda or "
+                          "cuda:<index>")
+    kind, index = m.group(1), m.group(2)
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={text} but CUDA is not available on this machine (torch "
+                              f"{torch.__version__}, CUDA build {torch.version.cuda}); use device=cpu or "
+                              "device=auto, or install a CUDA build of torch on a GPU machine")
+        if index is not None and int(index) >= torch.cuda.device_count():
+            raise ConfigError(f"device={text} but this machine has {torch.cuda.device_count()} CUDA devices; use "
+                              f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"device={text} but MPS is not available here; use device=cpu or device=auto")
 
 
 def load_concept(name: str) -> dict:
@@ -47,22 +291,14 @@ def effective_concept(concept: Mapping[str, Any], model_name: str) -> dict:
     return concept
 
 
-def check_method(method: Mapping[str, Any]) -> None:
-    ratio = method.get("ratio")
+def check_method(method: Mapping[str, Any]):
+    """The method plugin the config names, built (its settings checked) before any model loads."""
+    from cad.methods import MethodConfigError, build_method
+
     try:
-        ok = 0.0 <= float(ratio) <= 1.0
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ConfigError(f"method.ratio={ratio!r} is not a fraction in [0, 1]; e.g. method.ratio=0.01 ablates 1% "
-                          "of the component weights")
-    if method.get("name") != "none" and float(ratio) == 0.0:
-        raise ConfigError(f"method.ratio=0 ablates nothing with method={method.get('name')}; use method=none for "
-                          "the unedited model or a ratio > 0")
-    if method.get("sign") not in KNOWN_SIGNS:
-        raise ConfigError(f"method.sign={method.get('sign')!r}; use one of {KNOWN_SIGNS}")
-    if method.get("granularity") not in KNOWN_GRANULARITY:
-        raise ConfigError(f"method.granularity={method.get('granularity')!r}; use one of {KNOWN_GRANULARITY}")
+        return build_method(dict(method))
+    except MethodConfigError as err:
+        raise ConfigError(str(err)) from err
 
 
 def check_model(model: Mapping[str, Any], toy_kit: str | None = None) -> None:
@@ -93,12 +329,16 @@ def check_scores_folder(folder: str | None, model_id: str) -> None:
     """Given scores must exist and name this model (the UNet fingerprint is checked again once loaded)."""
     if not folder:
         return
+    from cad.scores import ScoresCorruptError, ScoresMismatchError, read_scores_meta
+
     path = Path(str(folder)).expanduser()
     if not (path / "scores.safetensors").is_file():
         raise ConfigError(f"attribution.scores={folder}: no scores.safetensors there; point it at a folder under "
                           "outputs/attributions/ or leave it null to compute scores")
-    meta_path = path / "meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    try:
+        meta, _ = read_scores_meta(path)  # the identity embedded in the file; a disagreeing sidecar is an error
+    except (ScoresCorruptError, ScoresMismatchError) as err:
+        raise ConfigError(f"attribution.scores={folder}: {err}") from err
     made_for = meta.get("model_id")  # set by experiments; other scores are checked by UNet fingerprint on load
     if made_for and str(made_for) != str(model_id):
         raise ConfigError(f"attribution.scores={folder} were made for model {made_for!r}, not {model_id!r}; "
@@ -150,9 +390,14 @@ def retain_concepts(method: Mapping[str, Any], concept: Mapping[str, Any], model
 
 def check_run(cfg: Mapping[str, Any]) -> dict:
     """All cheap checks for one run; returns the effective concept."""
+    check_schema(cfg)
+    check_names(cfg)
+    check_numbers(cfg)
+    check_device(cfg.get("device", "auto"))
     check_model(cfg["model"], cfg.get("paths", {}).get("toy_kit"))
     check_method(cfg["method"])
     concept = effective_concept(cfg["concept"], cfg["model"]["name"])
+    check_names(cfg, concept)
     retained = retain_concepts(cfg["method"], concept, cfg["model"]["name"])
     if retained and cfg.get("attribution", {}).get("scores"):
         raise ConfigError("attribution.scores and method.retain together: given scores are used as they are; "
@@ -162,4 +407,23 @@ def check_run(cfg: Mapping[str, Any]) -> dict:
     if not (0 <= int(gen.get("shard", 0)) < int(gen.get("num_shards", 1))):
         raise ConfigError(f"generation.shard={gen.get('shard')} must be in 0..num_shards-1 "
                           f"(num_shards={gen.get('num_shards')})")
+    if cfg.get("task", "erase_eval") == "erase_eval":
+        check_metrics(cfg)
     return concept
+
+
+def check_metrics(cfg: Mapping[str, Any]) -> None:
+    """Every metric of every benchmark the run scores finds its weights and reference data now (an offline GPU
+    node must not learn after hours of generation that ResNet-50 or the FID reference folder is missing)."""
+    from .metric_factory import MetricPreflightError, preflight_metrics
+
+    specs = {"target": cfg.get("benchmark")}
+    specs.update({role: spec for role, spec in (cfg.get("retain") or {}).items() if spec is not None})
+    toy = str((cfg.get("model") or {}).get("id")) == "toy"
+    for role, spec in specs.items():
+        if not isinstance(spec, Mapping):
+            continue
+        try:
+            preflight_metrics(list(spec.get("metrics") or []), spec, toy=toy)
+        except MetricPreflightError as err:
+            raise ConfigError(f"benchmark {role!r} ({spec.get('name')}): {err}") from err

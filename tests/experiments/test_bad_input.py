@@ -122,3 +122,88 @@ def test_retain_siblings_resolves_to_the_other_values_of_the_kind():
     assert len(names) == 9 and "church" not in names and "parachute" in names
     # on the toy world a real concept's retain list maps to stand-ins, never to the target's own stand-in
     assert retain_concepts({"retain": ["parachute"]}, effective_concept(load_concept("church"), "toy"), "toy")
+
+
+# --- issue 12: every input checked before the model loads ----------------------------------------------------
+
+
+@pytest.fixture()
+def no_model(monkeypatch):
+    """Loading a model fails the test: each error below must come before it."""
+    import experiments.erase_eval as erase_eval
+    import experiments.models as models
+
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded before the bad input was reported")
+
+    monkeypatch.setattr(erase_eval, "load_model", refuse, raising=False)
+    monkeypatch.setattr(models, "load_model", refuse)
+
+
+@pytest.mark.parametrize(("override", "expect"), [
+    ("+method.ration=0.01", "did you mean method.ratio"),
+    ("+model.guidence=3", "did you mean model.guidance"),
+    ("+generation.batchsize=4", "did you mean generation.batch_size"),
+    ("+attribution.stpes=3", "did you mean attribution.steps"),
+    ("+experiment_nam=x", "did you mean experiment_name"),
+    ("+concept.promt=a", "did you mean concept.prompt"),
+    ("model.guidance=-5", "model.guidance=-5"),
+    ("model.guidance=nan", "finite"),
+    ("attribution.guidance=inf", "finite"),
+    ("model.steps=0", "at least one step"),
+    ("attribution.steps=0", "at least one step"),
+    ("generation.batch_size=0", "generation.batch_size=0"),
+    ("attribution.num_samples=0", "positive count"),
+    ("model.resolution=30", "divisible by the VAE's downsampling factor 4"),
+    ("seed=-1", "non-negative integers"),
+    ("generation.fixed_seed=1.5", "non-negative integers"),
+    ("method.controls=[-3]", "method.controls[0]"),
+    ("method.ratio=true", "[0, 1]"),
+    ("device=tpu", "device=auto"),
+    ("concept.name=../../../x", "concept.name="),
+    ("model.name=../evil", "model.name="),
+    ("model.name=/abs/path", "model.name="),
+    ("experiment_name=a/b", "experiment_name="),
+    ("experiment_name=..", "experiment_name="),
+    ("benchmark.name=../b", "benchmark.name="),
+])
+def test_bad_input_stops_before_the_model_loads(outputs, tmp_path, no_model, override, expect):
+    msg = _run(compose_config([override]), tmp_path)
+    assert expect in msg, msg
+
+
+def test_real_model_resolution_must_be_a_multiple_of_8(outputs, tmp_path, no_model):
+    msg = _run(compose_config(["model=sd14", "concept=church", "model.resolution=500"]), tmp_path)
+    assert "factor 8" in msg and "496 or 504" in msg
+
+
+def test_cuda_on_a_machine_without_cuda(outputs, tmp_path, no_model, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    msg = _run(compose_config(["device=cuda"]), tmp_path)
+    assert "CUDA is not available" in msg and "device=cpu" in msg
+
+
+def test_missing_metric_weights_are_found_before_the_model(outputs, tmp_path, no_model, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    msg = _run(compose_config(["experiment=object_erasure", "model=sd14"]), tmp_path)
+    assert "ResNet-50" in msg and "offline" in msg and "Pre-download" in msg
+
+
+def test_missing_fid_reference_is_found_before_the_model(outputs, tmp_path, no_model):
+    msg = _run(compose_config(["experiment=nudity_erasure", "model=sd14"]), tmp_path)
+    assert "fid_reference" in msg
+    missing = tmp_path / "no-coco"
+    msg = _run(compose_config(["experiment=nudity_erasure", "model=sd14",
+                               f"retain.coco30k.meta.fid_reference={missing}"]), tmp_path)
+    assert str(missing) in msg and "does not exist" in msg
+
+
+def test_hand_edited_scores_sidecar_is_refused_before_the_model(outputs, tmp_path, no_model):
+    from cad.scores import AttributionScores
+
+    folder = AttributionScores({"w": torch.zeros(2)}, {"model_id": "toy", "unet_fingerprint": "f"}).save(
+        tmp_path / "scores")
+    (folder / "meta.json").write_text(json.dumps({"model_id": "toy", "unet_fingerprint": "edited"}))
+    msg = _run(compose_config([f"attribution.scores={folder}"]), tmp_path)
+    assert "disagrees with the identity embedded" in msg

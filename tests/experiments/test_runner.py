@@ -139,7 +139,8 @@ def test_image_cache_is_per_model_weights(toy, micro_kit, tmp_path, monkeypatch)
     import dataclasses
 
     from cad.toy.kit import RECIPES, train_kit
-    from experiments.models import load_model, pipeline_fingerprint
+    from cad.backbones import wrap
+    from experiments.models import load_model
 
     cfg = compose_config(MICRO + ["method.ratio=0.02"])
     first = run_from_config(cfg, tmp_path / "run1")
@@ -152,7 +153,7 @@ def test_image_cache_is_per_model_weights(toy, micro_kit, tmp_path, monkeypatch)
     assert first["run"]["model"] == second["run"]["model"] == "toy"  # the label in results stays the name
     loaded = load_model({"id": "toy", "name": "toy"}, device="cpu", toy_kit=str(micro_kit.path))
     assert loaded.cache_key == f"toy-{loaded.pipeline_fingerprint[:12]}"
-    assert pipeline_fingerprint(loaded.pipe) == loaded.pipeline_fingerprint
+    assert wrap(loaded.pipe).fingerprint() == loaded.pipeline_fingerprint
     with torch.no_grad():
         next(loaded.pipe.vae.parameters()).add_(1.0)  # the VAE alone changes the images, so it changes the key
-    assert pipeline_fingerprint(loaded.pipe) != loaded.pipeline_fingerprint
+    assert wrap(loaded.pipe).fingerprint() != loaded.pipeline_fingerprint
