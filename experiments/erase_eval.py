@@ -10,8 +10,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from cad.edits import ComposedEdit
+
 from .metric_factory import build_metrics
-from .models import load_model, resolve_device
+from .models import erased_view, load_model, resolve_device
 from .pipeline import (
     directions,
     generate_cached,
@@ -57,12 +59,27 @@ def run_erase_eval(cfg: dict, run_dir: str | Path, *, logger=None, run_id: str |
     retained = retain_concepts(method, concept, model["name"])
     with timed("load model"):
         loaded = load_model(model, device=cfg.get("device", "auto"), toy_kit=cfg["paths"].get("toy_kit"))
-    with timed(f"method {plugin.name}"):
-        edit, controls, info = method_edits(plugin, loaded, concept, retained, cfg, outputs)
+    erase_plugin = check_method(cfg["erase_method"]) if cfg.get("erase_method") else None
+    erase_edit = None
+    if erase_plugin is not None:
+        # Table 6: erase with the built-in baseline (its edit cached like any other), then run the method
+        # (CAD-Amplify) on the erased model; the variants compare base, erased and recalled side by side.
+        with timed(f"erase with {erase_plugin.name}"):
+            erase_edit, _, _ = method_edits(erase_plugin, loaded, concept, [], cfg, outputs)
+        with erase_edit.applied(loaded.pipe), timed(f"method {plugin.name} on the erased model"):
+            erased = erased_view(loaded, erase_plugin.name, erase_edit)
+            edit, controls, info = method_edits(plugin, erased, concept, retained, cfg, outputs)
+        edit = ComposedEdit([erase_edit, edit]) if edit is not None else None
+        controls = {k: ComposedEdit([erase_edit, c]) for k, c in controls.items()}
+    else:
+        with timed(f"method {plugin.name}"):
+            edit, controls, info = method_edits(plugin, loaded, concept, retained, cfg, outputs)
     if info.get("scores_path"):
         log.info("attribution scores %s (%s)", info["scores_path"],
                  "reused" if info.get("attribution_reused") else "computed")
     variants: dict[str, Any] = {"original": None}
+    if erase_edit is not None:
+        variants["erased"] = erase_edit
     if edit is not None:
         variants["edited"] = edit
     variants.update(controls)
@@ -76,7 +93,8 @@ def run_erase_eval(cfg: dict, run_dir: str | Path, *, logger=None, run_id: str |
            "concept": concept["name"], "method": plugin.name, "ratio": None, "sign": None, "granularity": None,
            **plugin.row_fields(), "method_settings": plugin.settings(),
            "scores_path": str(scores_dir) if scores_dir else None,
-           "retain": info.get("retain") or None}
+           "retain": info.get("retain") or None,
+           "erase_method": erase_plugin.settings() if erase_plugin is not None else None}
     payload: dict[str, Any] = {"run": run, "attribution_reused": reused, "metrics": {}, "images": {},
                                "method_info": {k: v for k, v in info.items() if k not in ("scores_path",)},
                                "edits": {k: _edit_info(e) for k, e in variants.items() if e is not None}}
@@ -113,7 +131,12 @@ def run_erase_eval(cfg: dict, run_dir: str | Path, *, logger=None, run_id: str |
 
 
 def _edit_info(edit) -> dict:
-    return {"fingerprint": edit.fingerprint, "n_ablated": int(edit.n_ablated), "fraction": float(edit.fraction)}
+    info = {"fingerprint": edit.fingerprint, "kind": edit.kind}
+    if hasattr(edit, "n_ablated"):  # mask edits: how many weights are zeroed
+        info.update(n_ablated=int(edit.n_ablated), fraction=float(edit.fraction))
+    if hasattr(edit, "n_weights"):  # weight edits: how many weights get new values
+        info.update(n_weights=int(edit.n_weights))
+    return info
 
 
 def _log_grid(logger, bench, folders: dict[str, Path], run_dir: Path) -> None:

@@ -68,3 +68,12 @@ def load_model(model: dict, *, device: str = "auto", toy_kit: str | None = None)
     key = str(model["name"]) + (f"+{Path(str(ckpt)).stem}-{fingerprint[:8]}" if ckpt else "")
     return LoadedModel(bb, kit, key, source, fingerprint, str(ckpt) if ckpt else None,
                        pipeline_fingerprint=bb.fingerprint(fingerprint))
+
+
+def erased_view(loaded: LoadedModel, method_name: str, erase_edit) -> LoadedModel:
+    """The loaded model as it is while `erase_edit` is applied: its own cache key and fingerprints, so that
+    attributions on the erased model never share a folder with the base model's."""
+    bb = loaded.backbone
+    fp = bb.denoiser_fingerprint()
+    return LoadedModel(bb, loaded.kit, f"{loaded.key}+{method_name}-{erase_edit.fingerprint[:8]}", loaded.source,
+                       fp, loaded.checkpoint, pipeline_fingerprint=bb.fingerprint(fp))

@@ -107,7 +107,7 @@ def method_edits(method, loaded: LoadedModel, concept: dict, retained: list[dict
             if edit is not None:
                 edit.save(folder)
     for e in [edit, *controls.values()]:
-        if e is None:
+        if e is None or not hasattr(e, "_payload"):
             continue
         folder = outputs / "edits" / loaded.key / e.fingerprint
         if not (folder / "edit.safetensors").is_file():

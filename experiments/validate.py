@@ -112,8 +112,12 @@ def check_schema(cfg: Mapping[str, Any]) -> None:
     """Refuse keys that no config file defines (typos such as `+method.ration=0.01`), naming the closest key."""
     base, _ = _yaml(CONF_DIR / "config.yaml")
     globals_ = _global_sets()
-    groups = [g for g in _group_dirs() if not all(_yaml(p)[1] for p in (CONF_DIR / g).glob("*.yaml"))]
-    top = {k for k in base if k not in ("defaults", "hydra")} | set(groups) | set(globals_) | OPTIONAL_TOP_KEYS
+    # Method sections are checked by their plugin's own fields (cad.methods.build_method), so the groups that
+    # only compose method settings (erase_method, method_world) need no file-based schema.
+    groups = [g for g in _group_dirs() if not all(_yaml(p)[1] for p in (CONF_DIR / g).glob("*.yaml"))
+              and g not in ("erase_method", "method_world")]
+    top = ({k for k in base if k not in ("defaults", "hydra")} | set(groups) | set(globals_) | OPTIONAL_TOP_KEYS
+           | {"erase_method"})
     _unknown(cfg, top, "")
     for group in groups:
         section = cfg.get(group)
@@ -198,6 +202,25 @@ def vae_scale_factor(model: Mapping[str, Any], toy_kit: str | None = None) -> in
     return 8
 
 
+def family_size_unit(model: Mapping[str, Any], factor: int) -> tuple[int, str]:
+    """(the multiple every image side must be, why) for the model's family, given its VAE factor: what the
+    family's diffusers pipeline needs (checked here, before the model loads, instead of failing after
+    attribution). SD/SDXL pipelines hard-code multiples of 8; SD 3 needs VAE factor x patch size (16 on SD
+    3.5); FLUX packs 2x2 latent patches (VAE factor x 2 = 16), and silently resizes other sizes."""
+    family = str(model.get("family") or "sd")
+    if family == "sd3":
+        patch = 2  # SD 3 / 3.5; a local folder's transformer config says
+        try:
+            path = Path(str(model.get("id", ""))).expanduser() / "transformer" / "config.json"
+            patch = int(json.loads(path.read_text())["patch_size"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return factor * patch, f"VAE factor {factor} x transformer patch size {patch}"
+    if family == "flux":
+        return factor * 2, f"VAE factor {factor} x FLUX's 2x2 latent packing"
+    return math.lcm(factor, 8), "the diffusers pipeline accepts multiples of 8 only"
+
+
 def check_numbers(cfg: Mapping[str, Any]) -> None:
     """Every number in range, before anything is loaded."""
     model, method = cfg.get("model") or {}, cfg.get("method") or {}
@@ -242,6 +265,12 @@ def check_numbers(cfg: Mapping[str, Any]) -> None:
             raise ConfigError(f"model.resolution={res} is not divisible by the VAE's downsampling factor {factor} "
                               f"of model {model.get('name')!r}; use a multiple of {factor}, e.g. "
                               f"{lower or factor} or {lower + factor}")
+        unit, why = family_size_unit(model, factor)
+        if int(res) % unit:
+            lower = int(res) // unit * unit
+            raise ConfigError(f"model.resolution={res} is not a multiple of {unit} ({why}) for model "
+                              f"{model.get('name')!r} of family {model.get('family') or 'sd'}; use e.g. "
+                              f"{lower or unit} or {lower + unit}")
 
 
 def check_device(device: Any) -> None:
@@ -323,6 +352,12 @@ def check_model(model: Mapping[str, Any], toy_kit: str | None = None) -> None:
         if path.is_file() and path.suffix not in (".safetensors", ".pt", ".pth", ".bin", ".ckpt"):
             raise ConfigError(f"model.checkpoint={ckpt} is not a weights file (.safetensors, .pt, .pth, .bin, .ckpt) "
                               "or a folder")
+        from cad.checkpoints import CheckpointFormatError, detect_format
+
+        try:
+            detect_format(path)  # headers and key names only: a wrong or pickled file stops before the model loads
+        except CheckpointFormatError as err:
+            raise ConfigError(f"model.checkpoint={ckpt}: {err}") from err
 
 
 def check_scores_folder(folder: str | None, model_id: str) -> None:
@@ -396,6 +431,12 @@ def check_run(cfg: Mapping[str, Any]) -> dict:
     check_device(cfg.get("device", "auto"))
     check_model(cfg["model"], cfg.get("paths", {}).get("toy_kit"))
     check_method(cfg["method"])
+    if cfg.get("erase_method"):
+        check_method(cfg["erase_method"])
+    if cfg.get("experiment_name") == "amplify_erased" and not cfg.get("erase_method") \
+            and not (cfg.get("model") or {}).get("checkpoint"):
+        raise ConfigError("experiment=amplify_erased needs an erased model: erase_method=<esd|uce|rece|conceptprune|"
+                          "cad_erase> (erased here) or model.checkpoint=<the erased model's weights>")
     concept = effective_concept(cfg["concept"], cfg["model"]["name"])
     check_names(cfg, concept)
     retained = retain_concepts(cfg["method"], concept, cfg["model"]["name"])

@@ -5,11 +5,12 @@ safetensors file, and export as a plain diffusers folder. See base.py for the sh
 """
 
 from cad.edits.base import BaseEdit, EditFileError, EditMismatchError, load_edit
+from cad.edits.compose import ComposedEdit, load_composed
 from cad.edits.export import export_edited_pipeline
 from cad.edits.mask import Edit
 from cad.edits.weights import WeightEdit
 
 MaskEdit = Edit
 
-__all__ = ["BaseEdit", "Edit", "EditFileError", "EditMismatchError", "MaskEdit", "WeightEdit",
+__all__ = ["BaseEdit", "ComposedEdit", "load_composed", "Edit", "EditFileError", "EditMismatchError", "MaskEdit", "WeightEdit",
            "export_edited_pipeline", "load_edit"]

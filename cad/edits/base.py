@@ -38,13 +38,18 @@ class EditFileError(ValueError):
 
 
 # Fingerprints of denoisers already checked, keyed by the module and its tensors' (pointer, version) state:
-# torch bumps a tensor's version on every in-place write, so a stale entry is never reused, and applied()
+# torch bumps a tensor's version on every in-place write (edits write through p.detach(), which shares the
+# version counter; a write through p.data does not, so the state also holds each tensor's sum), a stale entry
+# is never reused, and applied()
 # re-registers the state it restores so that repeated edits on one model hash it once.
 _CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+@torch.no_grad()
 def _state(module: torch.nn.Module) -> tuple:
-    return tuple((p.data_ptr(), p._version, p.dtype) for p in module.parameters())
+    # The sum catches writes that bypass the version counter (through p.data); it costs a tenth of a hash.
+    return tuple((p.data_ptr(), p._version, p.dtype, float(p.detach().sum(dtype=torch.float64)))
+                 for p in module.parameters())
 
 
 def current_identity(module: torch.nn.Module) -> str:
@@ -119,7 +124,7 @@ class BaseEdit:
         """Write the edit into the weights in place (irreversible; see `applied` for the reversible form)."""
         self.check_model(target, force=force)
         for p, idx, vals in self._plan(denoiser_of(target)):
-            p.data.view(-1).index_copy_(0, idx, vals)
+            p.detach().view(-1).index_copy_(0, idx, vals)
         return target
 
     @contextmanager
@@ -130,16 +135,16 @@ class BaseEdit:
         before = _CHECKED.get(module)
         plan = self._plan(module)
         with torch.no_grad():
-            saved = [p.data.view(-1).index_select(0, idx) for p, idx, _ in plan]
+            saved = [p.detach().view(-1).index_select(0, idx) for p, idx, _ in plan]
         try:
             with torch.no_grad():
                 for p, idx, vals in plan:
-                    p.data.view(-1).index_copy_(0, idx, vals)
+                    p.detach().view(-1).index_copy_(0, idx, vals)
             yield target
         finally:
             with torch.no_grad():
                 for (p, idx, _), old in zip(plan, saved):
-                    p.data.view(-1).index_copy_(0, idx, old)
+                    p.detach().view(-1).index_copy_(0, idx, old)
             if before is not None and self.made_for:
                 _remember(module, before[1])  # restored bit for bit: the weights hash as before
 

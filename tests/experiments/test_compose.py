@@ -37,7 +37,7 @@ def test_option_composes_with_toy(group, option):
     assert cfg["model"]["name"] == "toy"
     for key in ("name", "prompt", "label"):
         assert cfg["concept"][key]
-    assert 0 <= cfg["method"]["ratio"] <= 1
+    assert 0 <= cfg["method"].get("ratio", 0) <= 1
     assert cfg["benchmark"]["name"] and cfg["benchmark"]["version"]
     assert cfg["paths"]["outputs"].startswith("/")
     if group == "experiment" and option != "fidelity":
