@@ -106,6 +106,13 @@ def method_edits(method, loaded: LoadedModel, concept: dict, retained: list[dict
             edit, controls, info = out.edit, out.controls, dict(out.info)
             if edit is not None:
                 edit.save(folder)
+    if force:
+        # An intended transfer (method.allow_other_model): the edits now target this model; where they were
+        # made stays on record.
+        here = loaded.backbone.denoiser_identity()
+        for e in [edit, *controls.values()]:
+            if e is not None and e.made_for not in (None, here):
+                e.meta.update(transferred_from=e.made_for, made_for=here)
     for e in [edit, *controls.values()]:
         if e is None or not hasattr(e, "_payload"):
             continue
