@@ -27,7 +27,14 @@ from tqdm.auto import tqdm
 from cad.backbones import Backbone, wrap
 from cad.components import enable_only, get_space, requires_grad_state, restore_requires_grad
 from cad.io import package_versions
-from cad.objectives import amplify_objective, concept_latents, erase_objective, erase_term, new_buffers, schedule
+from cad.objectives import (
+    amplify_objective,
+    concept_latents,
+    erase_objective,
+    erase_term,
+    new_buffers,
+    schedule,
+)
 from cad.scores import AttributionScores
 
 OBJECTIVES = ("erase", "amplify")
@@ -136,7 +143,9 @@ def attribute(pipe, prompt: str, *, objective: str = "erase", base_prompt: str =
                 guidance=guidance, num_samples=num_samples, seed=seed, params=params, height=height,
                 width=width, progress=progress)
         with torch.no_grad():
-            scores = {n: (p.detach().float() * grads[n]).cpu() for n, p in params.items()}
+            # alpha = w * grad written into the float32 gradient buffers themselves: a second set of
+            # full-size tensors would raise the peak memory by the size of the space.
+            scores = {n: grads.pop(n).mul_(p.detach().float()).cpu() for n, p in list(params.items())}
     finally:
         restore_requires_grad(unet, flags)
     bad = [n for n, s in scores.items() if not torch.isfinite(s).all()]

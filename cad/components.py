@@ -16,6 +16,7 @@ import torch
 
 from cad.backbones import Backbone, denoiser_of
 
+
 @dataclass(frozen=True)
 class ComponentSpace:
     """Which parameters are components: names matching `pattern` (re.search) with a rank in `ndims`."""

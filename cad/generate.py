@@ -120,7 +120,15 @@ def _check_seed_mode(seed_mode: str) -> None:
 
 
 def _resolve_size(pipe, height, width) -> tuple[int, int]:
-    default = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+    if height and width:
+        return int(height), int(width)
+    # The pipeline's own default size: UNet (SD, SDXL) or transformer (SD 3) sample_size in latents times the
+    # VAE factor; FLUX's transformer has no sample_size, its pipeline keeps default_sample_size (latents).
+    denoiser = getattr(pipe, "unet", None)
+    if denoiser is None:
+        denoiser = getattr(pipe, "transformer", None)
+    latent = getattr(getattr(denoiser, "config", None), "sample_size", None) or pipe.default_sample_size
+    default = int(latent) * int(pipe.vae_scale_factor)
     return int(height or default), int(width or default)
 
 

@@ -9,6 +9,7 @@ temp file is removed, so no half-written artifact is ever left behind.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -154,6 +155,13 @@ def stable_hash(obj: Any, length: int = 12) -> str:
 
 
 def package_versions() -> dict[str, str]:
+    """Versions of the packages that shape results (a copy: callers may add to it)."""
+    return dict(_package_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _package_versions() -> dict[str, str]:
+    # Read once per process: package metadata does not change while it runs, and reading it costs ~10-20 ms.
     out = {}
     for name in _VERSIONED:
         try:

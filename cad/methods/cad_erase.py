@@ -9,7 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from cad.methods.base import Method, MethodConfigError, MethodContext, MethodOutput, check_choice, check_fraction
+from cad.methods.base import (
+    Method,
+    MethodConfigError,
+    MethodContext,
+    MethodOutput,
+    check_choice,
+    check_fraction,
+)
 from cad.selection import GRANULARITIES, SIGNS
 
 

@@ -237,7 +237,11 @@ def amplify_claim(pipe, classifier, concept: str, cfg: ClaimsConfig, erase: dict
     rows, best = [], None
     for ratio in cfg.amplify_ratios:
         edit = cad.Edit.from_scores(amp, ratio, sign="negative", granularity=cfg.granularity)
-        edit = cad.Edit.union(weak, edit) if weak is not None else edit
+        if weak is not None:
+            # The amplify mask was made on the weakened model; zeroing is order-free, so the union is that same
+            # change applied to the base model, which is what it is made for.
+            edit.meta["made_for"] = weak.made_for
+            edit = cad.Edit.union(weak, edit)
         acc, img = kind_accuracies(pipe, classifier, kind, cfg, edit)
         row = {"ratio": ratio, "n_ablated_total": edit.n_ablated, "target": acc[concept],
                "others": _split(acc, concept)[1], "images": img}

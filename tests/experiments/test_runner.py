@@ -138,8 +138,8 @@ def test_image_cache_is_per_model_weights(toy, micro_kit, tmp_path, monkeypatch)
     folder) replaced in place under the same name renders new images instead of reusing the old ones."""
     import dataclasses
 
-    from cad.toy.kit import RECIPES, train_kit
     from cad.backbones import wrap
+    from cad.toy.kit import RECIPES, train_kit
     from experiments.models import load_model
 
     cfg = compose_config(MICRO + ["method.ratio=0.02"])
