@@ -33,7 +33,6 @@ from cad.objectives import (
     erase_objective,
     erase_term,
     new_buffers,
-    schedule,
 )
 from cad.scores import AttributionScores
 
@@ -51,10 +50,10 @@ def _restart_erase(bb: Backbone, prompt, *, base_prompt, negative_prompt, steps,
     uncond = base if negative_prompt == base_prompt else bb.encode(negative_prompt, **size)
     gen = torch.Generator("cpu").manual_seed(seed)
     acc, calls, terms = new_buffers(params), 0, []
-    timesteps = schedule(bb, steps, height, width).timesteps
+    timesteps = bb.scheduler(steps, height=height, width=width).timesteps
     for i in tqdm(range(len(timesteps)), desc="restart", disable=not progress):
         # A fresh scheduler per restart: flow-matching schedulers count their own steps.
-        sched = schedule(bb, steps, height, width)
+        sched = bb.scheduler(steps, height=height, width=width)
         x = bb.initial_latents(sched, k, gen, height, width)
         for j in range(i + 1):
             x = bb.guided_step(sched, x, timesteps[j], cond, uncond, guidance)

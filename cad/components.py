@@ -68,7 +68,12 @@ def get_space(space: str | ComponentSpace = "ff", family: str = "sd") -> Compone
         if not pattern:
             raise ValueError("empty regex in component space 'regex:'; write e.g. 'regex:attn2\\.to_k'")
         return ComponentSpace(space, pattern, None)
-    table = presets(family)
+    from cad.backbones import get_family
+
+    fam = get_family(family)
+    if space in fam.absent_spaces:
+        raise ValueError(fam.absent_spaces[space])
+    table = fam.spaces
     if space not in table:
         raise ValueError(f"unknown component space {space!r} for the {family} family; choose one of "
                          f"{sorted(table)} or 'regex:<re>'")

@@ -15,7 +15,7 @@ from cad.backbones import denoiser_of, module_fingerprint
 from cad.backbones import load as load_backbone
 from cad.backbones.base import DTYPES, ModelLoadError, resolve_dtype
 
-__all__ = ["DTYPES", "ModelLoadError", "load_backbone", "load_pipeline", "model_name", "resolve_dtype",
+__all__ = ["DTYPES", "ModelLoadError", "load_backbone", "load_pipeline", "resolve_dtype",
            "unet_fingerprint"]
 
 
@@ -30,13 +30,6 @@ def load_pipeline(model: str | os.PathLike, *, family: str | None = None, dtype:
     """
     return load_backbone(model, family=family, dtype=dtype, device=device, scheduler=scheduler,
                          local_files_only=local_files_only).pipe
-
-
-def model_name(pipe) -> str:
-    """The hub id or path a pipeline came from ("<in-memory>" for pipelines built in code)."""
-    config = getattr(pipe, "config", None) or {}
-    name = config.get("_name_or_path") if hasattr(config, "get") else None
-    return str(name) if name else "<in-memory>"
 
 
 def unet_fingerprint(module) -> str:

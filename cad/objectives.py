@@ -50,13 +50,6 @@ class ObjectiveResult:
     targets: list[torch.Tensor] | None = None
 
 
-def schedule(bb: Backbone, steps: int, height=None, width=None):
-    """A private attribution scheduler set to `steps` (the family's: DDIM, or flow-matching Euler)."""
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    return bb.scheduler(steps, height=height, width=width)
-
-
 def accumulate(acc: dict[str, torch.Tensor] | None, loss: torch.Tensor, params: dict | None) -> None:
     """Add d(loss)/d(params) into float32 buffers (autograd.grad: nothing is left in .grad)."""
     if params is None:
@@ -109,7 +102,7 @@ def erase_objective(pipe, prompt: str, *, base_prompt: str = "", negative_prompt
     the base prompt is not re-evaluated either (1 call per step). The result carries both lists.
     """
     bb, k = wrap(pipe), num_samples
-    sched = schedule(bb, steps, height, width)
+    sched = bb.scheduler(steps, height=height, width=width)
     size = dict(height=height, width=width)
     cond, base = bb.encode(prompt, **size), bb.encode(base_prompt, **size)
     use_cfg = bb.cfg_active(guidance)
@@ -162,7 +155,7 @@ def amplify_objective(pipe, latents: torch.Tensor, prompt: str, *, steps: int = 
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     n = latents.shape[0]
     vsf = bb.vae_scale_factor
-    sched = schedule(bb, steps, latents.shape[2] * vsf, latents.shape[3] * vsf)
+    sched = bb.scheduler(steps, height=latents.shape[2] * vsf, width=latents.shape[3] * vsf)
     cond = bb.encode(prompt, height=latents.shape[2] * vsf, width=latents.shape[3] * vsf)
     gen = torch.Generator("cpu").manual_seed(seed)
     x0 = latents.detach().float().cpu()

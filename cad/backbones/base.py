@@ -19,8 +19,9 @@ Every tensor that crosses this interface is an *unpacked* latent (N, C, h, w): f
 from __future__ import annotations
 
 import hashlib
+import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,19 +71,22 @@ def _tensor_digest(item: tuple[str, torch.Tensor]) -> bytes:
     return h.digest()
 
 
-def module_fingerprint(module: torch.nn.Module) -> str:
-    """A hash of every tensor of a module (names, shapes, dtypes, bytes): any weight change gives a new one.
-
-    Tensors are hashed in parallel threads (blake2b releases the GIL), then combined in name order; about a
-    second per GB of weights.
-    """
+def _combined_digest(module: torch.nn.Module, digest) -> str:
+    """`digest` of every (name, tensor) of the module's state dict, in parallel threads (blake2b releases the
+    GIL), combined in name order."""
     items = sorted(module.state_dict().items())
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        digests = list(pool.map(_tensor_digest, items))
+        digests = list(pool.map(digest, items))
     h = hashlib.blake2b(digest_size=16)
     for d in digests:
         h.update(d)
     return h.hexdigest()
+
+
+def module_fingerprint(module: torch.nn.Module) -> str:
+    """A hash of every tensor of a module (names, shapes, dtypes, bytes): any weight change gives a new one.
+    About a second per GB of weights."""
+    return _combined_digest(module, _tensor_digest)
 
 
 def _half_digest(item: tuple[str, torch.Tensor]) -> bytes:
@@ -98,14 +102,9 @@ def module_identity(module: torch.nn.Module) -> str:
 
     A float32 model and its float16 copy share an identity (an edit made on one applies to the other); two
     models that differ in any weight by more than float16 rounding do not. Edits record it as `made_for`.
+    (A bfloat16 copy rounds differently from a float32 one, so those two do not share an identity.)
     """
-    items = sorted(module.state_dict().items())
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        digests = list(pool.map(_half_digest, items))
-    h = hashlib.blake2b(digest_size=16)
-    for d in digests:
-        h.update(d)
-    return h.hexdigest()
+    return _combined_digest(module, _half_digest)
 
 
 @dataclass
@@ -152,6 +151,9 @@ class Backbone:
     # Component-space presets: name -> (regex over denoiser parameter names, admitted tensor ranks).
     spaces: ClassVar[dict[str, tuple[str, tuple[int, ...] | None]]] = {}
     default_space: ClassVar[str] = "ff"
+    # Preset names this family deliberately lacks, with the reason get_space gives (e.g. no cross-attention
+    # module in an MMDiT), so a user asking for one learns why instead of "unknown space".
+    absent_spaces: ClassVar[dict[str, str]] = {}
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
@@ -311,6 +313,12 @@ class Backbone:
     # ---- schedule and noise -------------------------------------------------------------------------
     def scheduler(self, steps: int, *, height: int | None = None, width: int | None = None):
         """A private scheduler for attribution set to `steps` (pipe.scheduler is untouched)."""
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        return self.make_scheduler(steps, height=height, width=width)
+
+    def make_scheduler(self, steps: int, *, height: int | None = None, width: int | None = None):
+        """The family's attribution scheduler (DDIM, flow-matching Euler, ...) set to `steps` >= 1."""
         raise NotImplementedError
 
     def scale_input(self, sched, x, t):
@@ -380,13 +388,19 @@ class Backbone:
                         generator=generator, output_type="latent", **self.call_kwargs(guidance))
         return out.images.float().cpu()
 
+    @classmethod
+    def size_multiple(cls, vae_factor: int, denoiser_config: Mapping | None = None) -> tuple[int, str]:
+        """(the multiple every image side must be, why), from config values alone, so that experiments check
+        a resolution before the model loads. diffusers' UNet pipelines accept multiples of 8 only."""
+        return math.lcm(int(vae_factor), 8), "the diffusers pipeline accepts multiples of 8 only"
+
     def check_size(self, height: int, width: int) -> None:
         """Raise a ValueError naming the fix when the pipeline cannot render this size."""
-        vsf = self.vae_scale_factor
+        unit, why = self.size_multiple(self.vae_scale_factor, self.denoiser.config)
         for side, v in (("height", height), ("width", width)):
-            if int(v) < vsf or int(v) % vsf:
-                raise ValueError(f"{side}={v} is not a positive multiple of the VAE factor {vsf} of this "
-                                 f"{self.family} model; use e.g. {self.default_size()}")
+            if int(v) < unit or int(v) % unit:
+                raise ValueError(f"{side}={v} is not a positive multiple of {unit} ({why}) of this {self.family} "
+                                 f"model; use e.g. {self.default_size()}")
 
 
 def _dtype_kwarg(torch_dtype: torch.dtype) -> dict:

@@ -62,28 +62,8 @@ CONV_ABSENT = ("the flux family has no 'conv' space: FLUX's transformer has no c
                "embedding x_embedder is a Linear on 2x2-packed tokens). Use 'linear' or 'regex:<re>'")
 
 
-class _Spaces(dict):
-    """Presets plus names deliberately absent from this family: looking one up raises its reason.
-
-    The same contract as cad.backbones.sd3's table (kept local so one family's module never imports
-    another's): `name in spaces` is True for an absent name so that cad.components.get_space reaches the
-    lookup and its reason instead of the generic "unknown space"; iteration lists only real presets."""
-
-    def __init__(self, presets: dict, absent: dict[str, str]):
-        super().__init__(presets)
-        self.absent = dict(absent)
-
-    def __contains__(self, key) -> bool:
-        return dict.__contains__(self, key) or key in self.absent
-
-    def __getitem__(self, key):
-        if not dict.__contains__(self, key) and key in self.absent:
-            raise ValueError(self.absent[key])
-        return dict.__getitem__(self, key)
-
-
 # Presets over FluxTransformer2DModel parameter names (FLUX.1 schnell and dev share them).
-FLUX_SPACES = _Spaces({
+FLUX_SPACES = {
     # The image stream's feed-forward: double-stream ff (never ff_context) + single-stream MLP input proj_mlp.
     "ff": (rf"{_DOUBLE}ff\.net\.(0\.proj|2)\.weight$|{_SINGLE}proj_mlp\.weight$", (2,)),
     "ff_context": (rf"{_DOUBLE}ff_context\.net\.(0\.proj|2)\.weight$", (2,)),
@@ -93,7 +73,7 @@ FLUX_SPACES = _Spaces({
     "attn_context": (_DOUBLE + _CONTEXT_ATTN, (2,)),
     "attn_single": (_SINGLE + _SINGLE_ATTN, (2,)),
     "linear": (r"\.weight$", (2,)),
-}, absent={"cross_attn": CROSS_ATTN_ABSENT, "conv": CONV_ABSENT})
+}
 
 
 def pack_latents(x: torch.Tensor) -> torch.Tensor:
@@ -127,6 +107,7 @@ class FluxBackbone(Backbone):
     text_encoder_attrs = ("text_encoder", "text_encoder_2")
     uses_cfg = False          # guidance-distilled: no unconditional batch
     spaces = FLUX_SPACES
+    absent_spaces = {"cross_attn": CROSS_ATTN_ABSENT, "conv": CONV_ABSENT}
     default_scheduler = None  # keep the model's FlowMatchEulerDiscreteScheduler
 
     default_distilled_guidance = 3.5  # FLUX.1 [dev] model card; unused by [schnell] (no guidance embedder)
@@ -202,15 +183,13 @@ class FluxBackbone(Backbone):
         return self.predict(self.scale_input(sched, x, t), t, cond)
 
     # ---- schedule -------------------------------------------------------------------------------------
-    def scheduler(self, steps: int, *, height=None, width=None):
+    def make_scheduler(self, steps: int, *, height=None, width=None):
         """FlowMatchEuler with FluxPipeline.__call__'s sigmas and mu for this image size. No begin index is
         set (unlike the pipeline): step() then finds its index from t, and scale_noise (J_amplify's noising)
         looks each t up instead of reusing the begin index."""
         from diffusers import FlowMatchEulerDiscreteScheduler
         from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
         sched = FlowMatchEulerDiscreteScheduler.from_config(self.pipe.scheduler.config)
         config = sched.config
         sigmas = None if config.get("use_flow_sigmas", False) else np.linspace(1.0, 1 / steps, steps)
@@ -238,12 +217,10 @@ class FluxBackbone(Backbone):
         h, w = int(height or self.default_size()), int(width or self.default_size())
         return (n, self.latent_channels, 2 * (h // vsf2), 2 * (w // vsf2))
 
-    def check_size(self, height: int, width: int) -> None:
-        vsf2 = self.vae_scale_factor * 2
-        for side, v in (("height", height), ("width", width)):
-            if int(v) < vsf2 or int(v) % vsf2:
-                raise ValueError(f"{side}={v} is not a positive multiple of {vsf2} (VAE factor x 2x2 "
-                                 f"packing) of this flux model; use e.g. {self.default_size()}")
+    @classmethod
+    def size_multiple(cls, vae_factor: int, denoiser_config=None) -> tuple[int, str]:
+        # Latents are packed in 2x2 patches; the pipeline silently resizes other sizes.
+        return int(vae_factor) * 2, f"VAE factor {vae_factor} x FLUX's 2x2 latent packing"
 
     def call_kwargs(self, guidance: float) -> dict:
         # [schnell] ignores guidance_scale (no guidance embedder); [dev] embeds it.

@@ -48,11 +48,9 @@ class SDBackbone(Backbone):
     def predict(self, x, t, cond: Conditioning):
         return self.denoiser(x, t, encoder_hidden_states=cond.batched["encoder_hidden_states"]).sample
 
-    def scheduler(self, steps: int, *, height=None, width=None):
+    def make_scheduler(self, steps: int, *, height=None, width=None):
         from diffusers import DDIMScheduler
 
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
         sched = DDIMScheduler.from_config(self.pipe.scheduler.config)
         sched.set_timesteps(steps, device=self.device)
         return sched

@@ -42,27 +42,8 @@ CROSS_ATTN_ABSENT = (
 )
 
 
-class _Spaces(dict):
-    """Presets plus names deliberately absent from this family: looking one up raises its reason.
-
-    `name in spaces` is True for an absent name so that cad.components.get_space reaches the lookup (and the
-    reason) instead of its generic "unknown space" message; iteration lists only real presets."""
-
-    def __init__(self, presets: dict, absent: dict[str, str]):
-        super().__init__(presets)
-        self.absent = dict(absent)
-
-    def __contains__(self, key) -> bool:
-        return dict.__contains__(self, key) or key in self.absent
-
-    def __getitem__(self, key):
-        if not dict.__contains__(self, key) and key in self.absent:
-            raise ValueError(self.absent[key])
-        return dict.__getitem__(self, key)
-
-
 # Presets over SD3Transformer2DModel parameter names (SD 3 medium, 3.5 medium and 3.5 large share them).
-SD3_SPACES = _Spaces({
+SD3_SPACES = {
     # The image stream's feed-forward of every joint block (never ff_context).
     "ff": (_BLOCK + r"ff" + _FF_W, (2,)),
     "ff_context": (_BLOCK + r"ff_context" + _FF_W, (2,)),
@@ -73,7 +54,7 @@ SD3_SPACES = _Spaces({
     "attn_context": (_BLOCK + _CONTEXT_ATTN, (2,)),
     "linear": (r"\.weight$", (2,)),
     "conv": (r"\.weight$", (4,)),   # the patch embedding
-}, absent={"cross_attn": CROSS_ATTN_ABSENT})
+}
 
 
 class SD3Backbone(Backbone):
@@ -85,6 +66,7 @@ class SD3Backbone(Backbone):
     text_encoder_attrs = ("text_encoder", "text_encoder_2", "text_encoder_3")
     uses_cfg = True
     spaces = SD3_SPACES
+    absent_spaces = {"cross_attn": CROSS_ATTN_ABSENT}
     default_scheduler = None          # the model's own FlowMatchEulerDiscreteScheduler
     # T5 tokens per prompt; the pipeline's __call__ default, passed to both encode and generation so the
     # attribution sees the same sequence the sampler does.
@@ -111,11 +93,9 @@ class SD3Backbone(Backbone):
                              encoder_hidden_states=cond.batched["encoder_hidden_states"],
                              pooled_projections=cond.batched["pooled_projections"], return_dict=False)[0]
 
-    def scheduler(self, steps: int, *, height=None, width=None):
+    def make_scheduler(self, steps: int, *, height=None, width=None):
         from diffusers import FlowMatchEulerDiscreteScheduler
 
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
         sched = FlowMatchEulerDiscreteScheduler.from_config(self.pipe.scheduler.config)
         kwargs = {}
         if sched.config.get("use_dynamic_shifting", False):
@@ -143,10 +123,8 @@ class SD3Backbone(Backbone):
     def call_kwargs(self, guidance: float) -> dict:
         return {"guidance_scale": float(guidance), "max_sequence_length": self.max_sequence_length}
 
-    def check_size(self, height: int, width: int) -> None:
-        # The pipeline needs multiples of vae_scale_factor * patch_size (16 on SD 3.5).
-        unit = self.vae_scale_factor * int(self.denoiser.config.patch_size)
-        for side, v in (("height", height), ("width", width)):
-            if int(v) < unit or int(v) % unit:
-                raise ValueError(f"{side}={v} is not a positive multiple of {unit} (VAE factor x patch size) of "
-                                 f"this sd3 model; use e.g. {self.default_size()}")
+    @classmethod
+    def size_multiple(cls, vae_factor: int, denoiser_config=None) -> tuple[int, str]:
+        # The pipeline needs multiples of vae_scale_factor * patch_size (16 on SD 3.5; patch 2 by default).
+        patch = int((denoiser_config or {}).get("patch_size", 2))
+        return int(vae_factor) * patch, f"VAE factor {vae_factor} x transformer patch size {patch}"

@@ -78,7 +78,7 @@ class SDXLBackbone(Backbone):
         return self.denoiser(x, t, encoder_hidden_states=b["encoder_hidden_states"],
                              added_cond_kwargs={"text_embeds": b["text_embeds"], "time_ids": b["time_ids"]}).sample
 
-    def scheduler(self, steps: int, *, height=None, width=None):
+    def make_scheduler(self, steps: int, *, height=None, width=None):
         """DDIM from the model's scheduler config, set to `steps` (pipe.scheduler, Euler, is untouched).
 
         Why not the sampling scheduler: the paper's attribution protocol is a DDIM trajectory (50 steps,
@@ -89,8 +89,6 @@ class SDXLBackbone(Backbone):
         """
         from diffusers import DDIMScheduler
 
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
         config = self.pipe.scheduler.config
         fill = {k: v for k, v in _DDIM_LATENT_DEFAULTS.items() if k not in config}
         sched = DDIMScheduler.from_config(config, **fill)

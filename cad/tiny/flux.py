@@ -58,10 +58,10 @@ def build_tiny_flux_pipeline(
     is an input of the transformer, not classifier-free guidance); False is [schnell]-like.
     `axes_dims_rope` must sum to `attention_head_dim` (16 + 56 + 56 = 128 in FLUX.1).
     """
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextModel
 
-    from cad.tiny.sd import build_clip_tokenizer
+    from cad.tiny.sd import build_clip_tokenizer, tiny_vae
     from cad.tiny.sdxl import tiny_clip_text_config
     from cad.tiny.t5 import build_t5_tokenizer, build_tiny_t5_encoder
 
@@ -85,20 +85,8 @@ def build_tiny_flux_pipeline(
         axes_dims_rope=tuple(axes_dims_rope),
     )
     torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=vae_channels,
-        down_block_types=["DownEncoderBlock2D"] * len(vae_channels),
-        up_block_types=["UpDecoderBlock2D"] * len(vae_channels),
-        latent_channels=16,
-        norm_num_groups=min(32, vae_channels[0]),
-        sample_size=image_size,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        scaling_factor=FLUX_VAE_SCALING,
-        shift_factor=FLUX_VAE_SHIFT,
-    )
+    vae = tiny_vae(vae_channels, image_size, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False,
+                   scaling_factor=FLUX_VAE_SCALING, shift_factor=FLUX_VAE_SHIFT)
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(tiny_clip_text_config(tokenizer, clip_hidden))
     text_encoder_2 = build_tiny_t5_encoder(seed + 2, len(tokenizer_2), d_model=t5_d_model)

@@ -50,6 +50,23 @@ def build_clip_tokenizer(model_max_length: int = 77):
     return CLIPTokenizer.from_pretrained(str(files), model_max_length=model_max_length, pad_token="<|endoftext|>")
 
 
+def tiny_vae(vae_channels: tuple[int, ...], image_size: int, *, latent_channels: int = 4, **config):
+    """A toy-size AutoencoderKL; `config` adds what a family's VAE sets (scaling/shift factor, no quant convs)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=vae_channels,
+        down_block_types=["DownEncoderBlock2D"] * len(vae_channels),
+        up_block_types=["UpDecoderBlock2D"] * len(vae_channels),
+        latent_channels=latent_channels,
+        norm_num_groups=min(32, vae_channels[0]),
+        sample_size=image_size,
+        **config,
+    )
+
+
 def build_tiny_pipeline(
     seed: int = 0,
     *,
@@ -67,7 +84,7 @@ def build_tiny_pipeline(
     The UNet has cross-attention transformer blocks, so the paper's `ff` components exist. With the default
     two VAE blocks the latent is image_size / 2 on a side.
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = tokenizer if tokenizer is not None else build_clip_tokenizer(max_length)
@@ -89,16 +106,7 @@ def build_tiny_pipeline(
         attention_head_dim=8,
         norm_num_groups=min(32, unet_channels[0]),
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=vae_channels,
-        down_block_types=["DownEncoderBlock2D"] * len(vae_channels),
-        up_block_types=["UpDecoderBlock2D"] * len(vae_channels),
-        latent_channels=4,
-        norm_num_groups=min(32, vae_channels[0]),
-        sample_size=image_size,
-    )
+    vae = tiny_vae(vae_channels, image_size)
     vocab = len(tokenizer)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(

@@ -48,14 +48,13 @@ def build_tiny_sd3_pipeline(
     SD 3.0-medium-like transformer; `(0,)` (default) is 3.5-medium-like; `()` with rms_norm is 3.5-large-like.
     """
     from diffusers import (
-        AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
         SD3Transformer2DModel,
         StableDiffusion3Pipeline,
     )
     from transformers import CLIPTextModelWithProjection
 
-    from cad.tiny.sd import build_clip_tokenizer
+    from cad.tiny.sd import build_clip_tokenizer, tiny_vae
     from cad.tiny.sdxl import tiny_clip_text_config
     from cad.tiny.t5 import build_t5_tokenizer, build_tiny_t5_encoder
 
@@ -89,20 +88,8 @@ def build_tiny_sd3_pipeline(
         qk_norm=qk_norm,
     )
     torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=vae_channels,
-        down_block_types=["DownEncoderBlock2D"] * len(vae_channels),
-        up_block_types=["UpDecoderBlock2D"] * len(vae_channels),
-        latent_channels=16,
-        norm_num_groups=min(32, vae_channels[0]),
-        sample_size=image_size,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        scaling_factor=SD3_VAE_SCALING,
-        shift_factor=SD3_VAE_SHIFT,
-    )
+    vae = tiny_vae(vae_channels, image_size, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False,
+                   scaling_factor=SD3_VAE_SCALING, shift_factor=SD3_VAE_SHIFT)
     torch.manual_seed(seed)
     text_encoder = CLIPTextModelWithProjection(
         tiny_clip_text_config(tokenizer, clip_hidden, projection_dim=projection_dim)

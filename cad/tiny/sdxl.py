@@ -70,14 +70,13 @@ def build_tiny_sdxl_pipeline(
     `prediction_type` sets the scheduler's ("epsilon" as SDXL base, "v_prediction" for v-models).
     """
     from diffusers import (
-        AutoencoderKL,
         EulerDiscreteScheduler,
         StableDiffusionXLPipeline,
         UNet2DConditionModel,
     )
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from cad.tiny.sd import build_clip_tokenizer
+    from cad.tiny.sd import build_clip_tokenizer, tiny_vae
 
     tokenizer = tokenizer if tokenizer is not None else build_clip_tokenizer()
     tokenizer_2 = tokenizer_2 if tokenizer_2 is not None else build_clip_tokenizer()
@@ -108,17 +107,7 @@ def build_tiny_sdxl_pipeline(
         norm_num_groups=min(32, unet_channels[0]),
     )
     torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=vae_channels,
-        down_block_types=["DownEncoderBlock2D"] * len(vae_channels),
-        up_block_types=["UpDecoderBlock2D"] * len(vae_channels),
-        latent_channels=4,
-        norm_num_groups=min(32, vae_channels[0]),
-        sample_size=image_size,
-        scaling_factor=SDXL_VAE_SCALING,
-    )
+    vae = tiny_vae(vae_channels, image_size, scaling_factor=SDXL_VAE_SCALING)
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(tiny_clip_text_config(tokenizer, text_hidden))
     torch.manual_seed(seed + 1)  # a different draw from CLIP-L even when the sizes match
