@@ -39,6 +39,7 @@ import torch
 
 from cad.io import (
     ArtifactCorruptError,
+    as_json,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
@@ -122,13 +123,9 @@ def _check_seed_mode(seed_mode: str) -> None:
 def _resolve_size(pipe, height, width) -> tuple[int, int]:
     if height and width:
         return int(height), int(width)
-    # The pipeline's own default size: UNet (SD, SDXL) or transformer (SD 3) sample_size in latents times the
-    # VAE factor; FLUX's transformer has no sample_size, its pipeline keeps default_sample_size (latents).
-    denoiser = getattr(pipe, "unet", None)
-    if denoiser is None:
-        denoiser = getattr(pipe, "transformer", None)
-    latent = getattr(getattr(denoiser, "config", None), "sample_size", None) or pipe.default_sample_size
-    default = int(latent) * int(pipe.vae_scale_factor)
+    from cad.backbones import wrap
+
+    default = wrap(pipe).default_size()  # the family's native size (UNet, transformer, or FLUX's pipeline default)
     return int(height or default), int(width or default)
 
 
@@ -164,7 +161,7 @@ def read_manifest(out_dir: str | os.PathLike) -> dict[str, dict]:
 
 def identity_hash(identity: Mapping) -> str:
     """The hash each record carries of the folder identity it was rendered under (meta.json's `identity`)."""
-    return stable_hash(json.loads(json.dumps(dict(identity), sort_keys=True, default=str)), 16)
+    return stable_hash(as_json(dict(identity)), 16)
 
 
 def check_record(out_dir: str | os.PathLike, item_id: str, record: Mapping | None, ident: str | None) -> str | None:
@@ -330,7 +327,7 @@ def _write_meta(out_dir: Path, identity: dict, info: Mapping | None) -> None:
             log.warning("%s; rewriting it from this run's settings", err)
             old = None
         if old is not None:
-            if old != json.loads(json.dumps(identity, sort_keys=True, default=str)):
+            if old != as_json(identity):
                 raise ValueError(
                     f"{out_dir} already holds images made with {old}, not {identity}. "
                     "Use image_dir(...) to get the folder of these settings, or delete the folder."

@@ -9,7 +9,6 @@ temp file is removed, so no half-written artifact is ever left behind.
 from __future__ import annotations
 
 import errno
-import functools
 import hashlib
 import json
 import os
@@ -148,6 +147,11 @@ def safe_name(name: Any, what: str = "name") -> str:
     return text
 
 
+def as_json(obj: Any) -> Any:
+    """`obj` as it reads back from JSON (non-JSON values as str): how a record compares with its sidecar copy."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
 def stable_hash(obj: Any, length: int = 12) -> str:
     """Short sha256 of a JSON-able object with sorted keys: equal configs give equal folder names."""
     blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":")).encode()
@@ -159,7 +163,7 @@ def package_versions() -> dict[str, str]:
     return dict(_package_versions())
 
 
-@functools.lru_cache(maxsize=1)
+@lru_cache(maxsize=1)
 def _package_versions() -> dict[str, str]:
     # Read once per process: package metadata does not change while it runs, and reading it costs ~10-20 ms.
     out = {}

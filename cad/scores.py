@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from cad.io import ArtifactCorruptError, atomic_write_bytes, atomic_write_json, stable_hash
+from cad.io import ArtifactCorruptError, as_json, atomic_write_bytes, atomic_write_json, stable_hash
 
 log = logging.getLogger("cad.scores")
 
@@ -46,10 +46,6 @@ def content_sha256(scores: dict[str, torch.Tensor]) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
-
-
-def _normal(meta) -> dict:
-    return json.loads(json.dumps(meta, sort_keys=True, default=str))
 
 
 def read_scores_meta(folder: str | Path) -> tuple[dict, bool]:
@@ -84,8 +80,8 @@ def read_scores_meta(folder: str | Path) -> tuple[dict, bool]:
                                      f"embedded in {SCORES_FILE} is used and it is rewritten on save) or {fix}") from err
     if embedded is None:
         return (sidecar or {}), False
-    if sidecar is not None and _normal(sidecar) != _normal(embedded):
-        diff = sorted(k for k in set(sidecar) | set(embedded) if _normal(sidecar.get(k)) != _normal(embedded.get(k)))
+    if sidecar is not None and as_json(sidecar) != as_json(embedded):
+        diff = sorted(k for k in set(sidecar) | set(embedded) if as_json(sidecar.get(k)) != as_json(embedded.get(k)))
         raise ScoresMismatchError(
             f"{side_path} disagrees with the identity embedded in {path} (keys {diff[:5]}): the sidecar was edited "
             f"or belongs to other scores. The embedded identity is authoritative: delete {side_path} to use it, "

@@ -15,10 +15,10 @@ import io
 import os
 import urllib.error
 import urllib.request
-from functools import lru_cache
 from pathlib import Path
 
 from cad.io import atomic_write_bytes
+from cad.io import sha256_file as sha256_of  # memoised on (path, size, mtime): coco_30k is hashed once
 
 BASE_URL = (
     "https://raw.githubusercontent.com/mail-research/CAD-attribution4diffusion/"
@@ -57,21 +57,6 @@ def cache_dir() -> Path:
     """Where fetched prompt files live: `$CAD_CACHE_DIR` or `~/.cache/cad/prompts`."""
     env = os.environ.get("CAD_CACHE_DIR")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "cad" / "prompts"
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    st = os.stat(path)
-    return _sha256_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-
-
-@lru_cache(maxsize=64)
-def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    # Keyed on size and mtime so an edited file is re-hashed; coco_30k is hashed once per process, not per load.
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _check(path: Path, expected: str | None) -> Path:

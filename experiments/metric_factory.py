@@ -104,7 +104,10 @@ def preflight_metrics(names, spec: dict, *, toy: bool, offline: bool | None = No
     there. Real runs need ResNet-50 (classifier_accuracy), CLIP ViT-B/32 OpenAI (clip_score), InceptionV3 and a
     reference image folder (fid), AlexNet (lpips) and NudeNet's bundled detector (nudenet).
     """
-    from evaluation.metrics.base import WeightsUnavailableError, fetch_torch_hub_weights, offline_mode
+    from evaluation.metrics.base import WeightsUnavailableError, offline_mode
+    from evaluation.metrics.classifier import resnet50_weights_file
+    from evaluation.metrics.fid import inception_weights_file
+    from evaluation.metrics.lpips import alexnet_weights_file
 
     found = []
     for name in names:
@@ -116,19 +119,11 @@ def preflight_metrics(names, spec: dict, *, toy: bool, offline: bool | None = No
             if toy:
                 continue
             if name == "classifier_accuracy":
-                from torchvision.models import ResNet50_Weights
-
-                found.append(str(fetch_torch_hub_weights(ResNet50_Weights.IMAGENET1K_V2.url, "ResNet-50", offline)))
+                found.append(str(resnet50_weights_file(offline)))
             elif name == "lpips":
-                from torchvision.models import AlexNet_Weights
-
-                found.append(str(fetch_torch_hub_weights(AlexNet_Weights.IMAGENET1K_V1.url, "LPIPS AlexNet",
-                                                         offline)))
+                found.append(str(alexnet_weights_file(offline)))
             elif name == "fid":
-                from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
-
-                found.append(str(fetch_torch_hub_weights(URL_INCEPTION_V3, "FID InceptionV3 (torch-fidelity)",
-                                                         offline)))
+                found.append(str(inception_weights_file(offline)))
             elif name == "clip_score":
                 found.append(_locate_clip(offline_mode(offline)))
             elif name == "nudenet":

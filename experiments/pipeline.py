@@ -91,6 +91,7 @@ def method_edits(method, loaded: LoadedModel, concept: dict, retained: list[dict
     ctx = MethodContext(backbone=loaded.backbone, concept=concept, retain=retained, seed=int(cfg.get("seed", 0)),
                         attribution={**attribution, "height": res, "width": res}, scores=scores)
     info: dict[str, Any] = {}
+    stored = False  # whether `edit` already lives in its method's own cache folder
     if method.uses_scores or method.goal == "none":
         out = method.build(ctx)
         edit, controls, info = out.edit, out.controls, dict(out.info)
@@ -106,6 +107,8 @@ def method_edits(method, loaded: LoadedModel, concept: dict, retained: list[dict
             edit, controls, info = out.edit, out.controls, dict(out.info)
             if edit is not None:
                 edit.save(folder)
+        stored = edit is not None
+        info["edit_path"] = str(folder)
     if force:
         # An intended transfer (method.allow_other_model): the edits now target this model; where they were
         # made stays on record.
@@ -114,8 +117,8 @@ def method_edits(method, loaded: LoadedModel, concept: dict, retained: list[dict
             if e is not None and e.made_for not in (None, here):
                 e.meta.update(transferred_from=e.made_for, made_for=here)
     for e in [edit, *controls.values()]:
-        if e is None or not hasattr(e, "_payload"):
-            continue
+        if e is None or (e is edit and stored):
+            continue  # a trained or closed-form edit (GBs for ESD-u) is stored once, in its method's folder
         folder = outputs / "edits" / loaded.key / e.fingerprint
         if not (folder / "edit.safetensors").is_file():
             e.save(folder)

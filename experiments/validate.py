@@ -7,7 +7,8 @@ metric's weights and reference data. The schema is generic: for each config grou
 of the chosen option's own yaml file (conf/<group>/<option>.yaml, found by the option's `name`; every option
 of the group when no file has that name) plus the few optional keys in OPTIONAL_KEYS; top-level keys are
 those of conf/config.yaml, the groups, and what `@package _global_` options (experiments, twins, worlds,
-launchers) set. A new model family or method plugin therefore needs its yaml file only.
+launchers) set; a method's settings are the fields of its plugin dataclass (cad.methods.build_method). A new
+model family or method plugin therefore needs its module and yaml file only.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ def _options(group: str) -> list[str]:
 # Keys an option may carry without its yaml file listing them (read with .get(...) by the runners).
 OPTIONAL_KEYS: dict[str, set[str]] = {
     "model": {"checkpoint", "scheduler", "vae_scale_factor", "family", "backbone"},
-    "method": {"seed", "controls", "retain", "retain_reduce", "space", "allow_other_model"},
     "concept": {"toy", "kind", "label", "base_prompt", "negative_prompt", "images"},
     "benchmark": {"limit_per_label", "subset", "meta", "limit", "description"},
     "attribution": {"images", "batch_size", "scores"},
@@ -46,6 +46,8 @@ OPTIONAL_KEYS: dict[str, set[str]] = {
     "logger": set(),
     "paths": set(),
 }
+# Groups whose sections are method settings, checked against the plugin's dataclass fields instead.
+METHOD_GROUPS = ("method", "erase_method", "method_world")
 # Top-level keys beyond conf/config.yaml, the groups and what global-package options set.
 OPTIONAL_TOP_KEYS = {"hydra"}
 
@@ -112,12 +114,12 @@ def check_schema(cfg: Mapping[str, Any]) -> None:
     """Refuse keys that no config file defines (typos such as `+method.ration=0.01`), naming the closest key."""
     base, _ = _yaml(CONF_DIR / "config.yaml")
     globals_ = _global_sets()
-    # Method sections are checked by their plugin's own fields (cad.methods.build_method), so the groups that
-    # only compose method settings (erase_method, method_world) need no file-based schema.
+    # Method sections are checked by their plugin's own fields (check_method, cad.methods.build_method), so
+    # the groups that compose method settings need no file-based schema here.
     groups = [g for g in _group_dirs() if not all(_yaml(p)[1] for p in (CONF_DIR / g).glob("*.yaml"))
-              and g not in ("erase_method", "method_world")]
+              and g not in METHOD_GROUPS]
     top = ({k for k in base if k not in ("defaults", "hydra")} | set(groups) | set(globals_) | OPTIONAL_TOP_KEYS
-           | {"erase_method"})
+           | {"method", "erase_method"})
     _unknown(cfg, top, "")
     for group in groups:
         section = cfg.get(group)
@@ -203,22 +205,20 @@ def vae_scale_factor(model: Mapping[str, Any], toy_kit: str | None = None) -> in
 
 
 def family_size_unit(model: Mapping[str, Any], factor: int) -> tuple[int, str]:
-    """(the multiple every image side must be, why) for the model's family, given its VAE factor: what the
-    family's diffusers pipeline needs (checked here, before the model loads, instead of failing after
-    attribution). SD/SDXL pipelines hard-code multiples of 8; SD 3 needs VAE factor x patch size (16 on SD
-    3.5); FLUX packs 2x2 latent patches (VAE factor x 2 = 16), and silently resizes other sizes."""
-    family = str(model.get("family") or "sd")
-    if family == "sd3":
-        patch = 2  # SD 3 / 3.5; a local folder's transformer config says
-        try:
-            path = Path(str(model.get("id", ""))).expanduser() / "transformer" / "config.json"
-            patch = int(json.loads(path.read_text())["patch_size"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-        return factor * patch, f"VAE factor {factor} x transformer patch size {patch}"
-    if family == "flux":
-        return factor * 2, f"VAE factor {factor} x FLUX's 2x2 latent packing"
-    return math.lcm(factor, 8), "the diffusers pipeline accepts multiples of 8 only"
+    """(the multiple every image side must be, why) for the model's family (Backbone.size_multiple), given its
+    VAE factor and, for a local folder, its denoiser config: checked here instead of failing after attribution."""
+    from cad.backbones import get_family
+
+    try:
+        family = get_family(str(model.get("family") or "sd"))
+    except ValueError as err:
+        raise ConfigError(f"model.family={model.get('family')!r}: {err}") from err
+    try:
+        path = Path(str(model.get("id", ""))).expanduser() / family.denoiser_attr / "config.json"
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        config = {}
+    return family.size_multiple(factor, config)
 
 
 def check_numbers(cfg: Mapping[str, Any]) -> None:
@@ -320,12 +320,13 @@ def effective_concept(concept: Mapping[str, Any], model_name: str) -> dict:
     return concept
 
 
-def check_method(method: Mapping[str, Any]):
-    """The method plugin the config names, built (its settings checked) before any model loads."""
+def check_method(method: Mapping[str, Any], where: str = "method"):
+    """The method plugin the config names, built before any model loads: its dataclass fields are its schema
+    (an unknown key is refused with a "did you mean"), `validate()` checks the values."""
     from cad.methods import MethodConfigError, build_method
 
     try:
-        return build_method(dict(method))
+        return build_method(dict(method), where)
     except MethodConfigError as err:
         raise ConfigError(str(err)) from err
 
@@ -432,7 +433,7 @@ def check_run(cfg: Mapping[str, Any]) -> dict:
     check_model(cfg["model"], cfg.get("paths", {}).get("toy_kit"))
     check_method(cfg["method"])
     if cfg.get("erase_method"):
-        check_method(cfg["erase_method"])
+        check_method(cfg["erase_method"], "erase_method")
     if cfg.get("experiment_name") == "amplify_erased" and not cfg.get("erase_method") \
             and not (cfg.get("model") or {}).get("checkpoint"):
         raise ConfigError("experiment=amplify_erased needs an erased model: erase_method=<esd|uce|rece|conceptprune|"

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from cad.backbones import denoiser_of, module_identity
-from cad.io import atomic_write_bytes, atomic_write_json, package_versions
+from cad.io import as_json, atomic_write_bytes, atomic_write_json, package_versions
 
 EDIT_FILE = "edit.safetensors"
 META_FILE = "meta.json"
@@ -196,8 +196,7 @@ def load_edit(folder: str | Path) -> BaseEdit:
         except json.JSONDecodeError as err:
             raise EditFileError(f"{sidecar} is not valid JSON ({err}); delete it (the record inside {EDIT_FILE} "
                                 "is the reference) or the whole folder") from err
-        if side.get("fingerprint") != record.get("fingerprint") or side.get("meta") != json.loads(
-                json.dumps(record.get("meta"), default=str)):
+        if side.get("fingerprint") != record.get("fingerprint") or side.get("meta") != as_json(record.get("meta")):
             raise EditFileError(f"{sidecar} disagrees with the record inside {path} (hand-edited?); delete the "
                                 "sidecar to trust the file, or delete the folder and rerun")
     kind = record.get("kind", "mask")  # edits saved before weight edits existed are masks

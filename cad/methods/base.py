@@ -85,8 +85,9 @@ def _locate(target: str):
                                 "class, e.g. cad.methods.cad_erase.CADErase") from err
 
 
-def build_method(cfg: dict) -> Method:
-    """The Method a config names (`_target_` plus its settings), with unknown keys refused by name."""
+def build_method(cfg: dict, where: str = "method") -> Method:
+    """The Method a config names (`_target_` plus its settings), with unknown keys refused by name (`where`:
+    the config key the settings sit under, for the message: method, erase_method)."""
     cfg = dict(cfg)
     target = cfg.pop("_target_", None)
     if not target:
@@ -101,9 +102,10 @@ def build_method(cfg: dict) -> Method:
         hints = []
         for k in unknown:
             close = difflib.get_close_matches(k, known, n=1)
-            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            hints.append(f"{where}.{k}" + (f" (did you mean {where}.{close[0]}?)" if close else ""))
         raise MethodConfigError(f"method {cfg.get('name', target)!r} has no setting {', '.join(hints)}; its "
-                                f"settings are {sorted(known)}")
+                                f"settings are {sorted(known)}. Remove it (a `+key=` override adds keys Hydra "
+                                "does not know; cad refuses them instead of ignoring them)")
     method = cls(**cfg)
     method.validate()
     return method

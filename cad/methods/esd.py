@@ -110,7 +110,7 @@ def esd_target(backbone, x: torch.Tensor, t: torch.Tensor, cond, uncond, eta: fl
     n = x.shape[0]
     both = Conditioning.cat([uncond.take(n), cond.take(n)])
     e0, ep = backbone.predict(torch.cat([x, x]), t, both).float().chunk(2)
-    return e0 - float(eta) * (ep - e0)
+    return backbone.combine(e0, ep, -float(eta))  # guidance -eta: e0 - eta (ep - e0), the one CFG formula
 
 
 @dataclass

@@ -29,6 +29,13 @@ IMAGENETTE: dict[str, int] = {
 RESNET50_WEIGHTS = "ResNet50_Weights.IMAGENET1K_V2"
 
 
+def resnet50_weights_file(offline: bool | None = None):
+    """The ResNet-50 weights file in the torch hub cache (downloaded unless offline); what the preflight checks."""
+    from torchvision.models import ResNet50_Weights
+
+    return fetch_torch_hub_weights(ResNet50_Weights.IMAGENET1K_V2.url, f"ResNet-50 ({RESNET50_WEIGHTS})", offline)
+
+
 def load_resnet50(weights_path: str | None = None, *, offline: bool | None = None, device: str = "cpu"):
     """torchvision ResNet-50 (IMAGENET1K_V2) -> (model, preprocess, class_names).
 
@@ -38,7 +45,7 @@ def load_resnet50(weights_path: str | None = None, *, offline: bool | None = Non
     from torchvision.models import ResNet50_Weights, resnet50
 
     weights = ResNet50_Weights.IMAGENET1K_V2
-    path = weights_path or fetch_torch_hub_weights(weights.url, f"ResNet-50 ({RESNET50_WEIGHTS})", offline)
+    path = weights_path or resnet50_weights_file(offline)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:

@@ -31,6 +31,13 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("CAD_CACHE_DIR", Path.home() / ".cache" / "cad")) / "fid_stats"
 
 
+def inception_weights_file(offline: bool | None = None):
+    """torch-fidelity's InceptionV3 weights file in the torch hub cache (downloaded unless offline)."""
+    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+    return fetch_torch_hub_weights(URL_INCEPTION_V3, "FID InceptionV3 (torch-fidelity)", offline)
+
+
 def load_inception(weights_path: str | None = None, *, offline: bool | None = None) -> torch.nn.Module:
     """torch-fidelity's FID InceptionV3, exactly as torchmetrics builds it for feature=2048.
 
@@ -39,7 +46,7 @@ def load_inception(weights_path: str | None = None, *, offline: bool | None = No
     from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
     from torchmetrics.image.fid import NoTrainInceptionV3
 
-    path = weights_path or fetch_torch_hub_weights(URL_INCEPTION_V3, "FID InceptionV3 (torch-fidelity)", offline)
+    path = weights_path or inception_weights_file(offline)
     try:
         net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
                                  feature_extractor_weights_path=str(path))

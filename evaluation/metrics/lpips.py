@@ -40,6 +40,14 @@ class TorchmetricsLPIPS:
         return self.metric.net(x0, x1, normalize=True).reshape(-1)
 
 
+def alexnet_weights_file(offline: bool | None = None):
+    """The AlexNet weights LPIPS(alex) reads from the torch hub cache (downloaded unless offline)."""
+    from torchvision.models import AlexNet_Weights
+
+    return fetch_torch_hub_weights(AlexNet_Weights.IMAGENET1K_V1.url,
+                                   "LPIPS AlexNet (torchvision AlexNet_Weights.IMAGENET1K_V1)", offline)
+
+
 def load_lpips_alexnet(*, offline: bool | None = None, device: str = "cpu") -> TorchmetricsLPIPS:
     """torchmetrics LPIPS (net_type="alex"). Its AlexNet comes from the torch hub cache (TORCH_HOME),
     downloaded unless offline; the linear heads ship inside torchmetrics."""
@@ -47,7 +55,7 @@ def load_lpips_alexnet(*, offline: bool | None = None, device: str = "cpu") -> T
     from torchvision.models import AlexNet_Weights
 
     url = AlexNet_Weights.IMAGENET1K_V1.url
-    fetch_torch_hub_weights(url, "LPIPS AlexNet (torchvision AlexNet_Weights.IMAGENET1K_V1)", offline)
+    alexnet_weights_file(offline)
     try:
         metric = LearnedPerceptualImagePatchSimilarity(net_type="alex", reduction="none", normalize=True)
     except Exception as err:
