@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from cad.backbones import wrap
-from cad.edits import ComposedEdit, Edit, EditFileError, EditMismatchError, WeightEdit, load_composed, load_edit
+from cad.edits import (
+    ComposedEdit,
+    Edit,
+    EditFileError,
+    EditMismatchError,
+    WeightEdit,
+    load_composed,
+    load_edit,
+)
 
 
 def _bits(module):
