@@ -45,7 +45,7 @@ SIGN_CONVENTION = ("alpha = w * dJ/dw of the maximised J (first-order J(w) - J(w
 def _restart_erase(bb: Backbone, prompt, *, base_prompt, negative_prompt, steps, guidance, num_samples, seed,
                    params, height, width, progress):
     k = num_samples
-    size = dict(height=height, width=width)
+    size = dict(height=height, width=width, guidance=guidance)
     cond, base = bb.encode(prompt, **size), bb.encode(base_prompt, **size)
     uncond = base if negative_prompt == base_prompt else bb.encode(negative_prompt, **size)
     gen = torch.Generator("cpu").manual_seed(seed)

@@ -103,7 +103,7 @@ def erase_objective(pipe, prompt: str, *, base_prompt: str = "", negative_prompt
     """
     bb, k = wrap(pipe), num_samples
     sched = bb.scheduler(steps, height=height, width=width)
-    size = dict(height=height, width=width)
+    size = dict(height=height, width=width, guidance=guidance)
     cond, base = bb.encode(prompt, **size), bb.encode(base_prompt, **size)
     use_cfg = bb.cfg_active(guidance)
     uncond = base if negative_prompt == base_prompt else bb.encode(negative_prompt, **size)

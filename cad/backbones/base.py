@@ -275,10 +275,13 @@ class Backbone:
         """What the denoiser outputs: "epsilon", "v_prediction" or "flow" (velocity noise - x_0)."""
         return str(self.pipe.scheduler.config.get("prediction_type", "epsilon"))
 
-    def encode(self, prompt: str, n: int = 1, *, height: int | None = None, width: int | None = None) -> Conditioning:
+    def encode(self, prompt: str, n: int = 1, *, height: int | None = None, width: int | None = None,
+               guidance: float | None = None) -> Conditioning:
         """The conditioning of `prompt`, n rows (no CFG pairing: unconditional is just another prompt).
 
-        height/width: the image size, for families whose conditioning depends on it (SDXL's time ids)."""
+        height/width: the image size, for families whose conditioning depends on it (SDXL's time ids).
+        guidance: the guidance the prediction is made at, for guidance-distilled families that take it as an
+        input (FLUX [dev]); None: the family's default. CFG families ignore it."""
         raise NotImplementedError
 
     def predict(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:

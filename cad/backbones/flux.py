@@ -2,15 +2,12 @@
 
 FLUX is guidance-distilled: there is no classifier-free-guidance batch (`uses_cfg = False`), every guided
 step is the conditional prediction alone. [schnell] ignores guidance; [dev] (`guidance_embeds=True` in the
-transformer config) takes the guidance scale as an *input* of the transformer. That value lives on the
-backbone as `distilled_guidance`:
-
-- a guided step (`guided_prediction`, used by sampling and the restart estimator) and the erase objective
-  (which asks `cfg_active(guidance)` once before its loop) record their guidance there, so J_erase's
-  trajectory, its conditional and its base predictions all run at the objective's guidance;
-- J_amplify and direct `predict` calls have no guidance argument: they use the recorded value, which
-  starts at `default_distilled_guidance` (3.5, the FLUX.1 [dev] model card's). A `"guidance"` tensor in a
-  Conditioning's batched dict overrides it row by row.
+transformer config) takes the guidance scale as an *input* of the transformer, which travels in the
+conditioning: `encode(prompt, guidance=g)` puts a batched "guidance" tensor into it (the erase objective and
+the restart estimator encode at their guidance, so J_erase's trajectory, its conditional and its base
+predictions all run at it), and `guided_prediction(..., guidance)` adds one where the conditioning has none.
+A conditioning without one (J_amplify, direct `predict` calls) runs at `distilled_guidance`
+(`default_distilled_guidance`, 3.5, the FLUX.1 [dev] model card's, unless the backbone is built with another).
 
 Latents cross the interface unpacked, (N, 16, h, w); `predict` packs each 2x2 patch into one 64-channel
 token as FluxPipeline does, builds the image position ids, and unpacks the output. h and w are multiples
@@ -139,13 +136,14 @@ class FluxBackbone(Backbone):
 
     # ---- conditioning and prediction ------------------------------------------------------------------
     @torch.no_grad()
-    def encode(self, prompt: str, n: int = 1, *, height=None, width=None) -> Conditioning:
+    def encode(self, prompt: str, n: int = 1, *, height=None, width=None, guidance=None) -> Conditioning:
         emb, pooled, txt_ids = self.pipe.encode_prompt(prompt=prompt, prompt_2=None, device=self.device,
                                                        num_images_per_prompt=n,
                                                        max_sequence_length=self.sequence_length)
-        return Conditioning({"encoder_hidden_states": emb.to(self.dtype),
-                             "pooled_projections": pooled.to(self.dtype)},
-                            {"txt_ids": txt_ids.to(self.dtype)})
+        batched = {"encoder_hidden_states": emb.to(self.dtype), "pooled_projections": pooled.to(self.dtype)}
+        if guidance is not None and self.guidance_embeds:
+            batched["guidance"] = torch.full([n], float(guidance), device=self.device, dtype=torch.float32)
+        return Conditioning(batched, {"txt_ids": txt_ids.to(self.dtype)})
 
     def predict(self, x, t, cond: Conditioning):
         n, _, h, w = x.shape
@@ -164,20 +162,13 @@ class FluxBackbone(Backbone):
                             img_ids=image_ids(h // 2, w // 2, x.device, x.dtype), return_dict=False)[0]
         return unpack_latents(out, h, w)
 
-    def cfg_active(self, guidance: float) -> bool:
-        """Never (guidance-distilled). The erase objective asks this once before its loop, with its
-        guidance: it becomes `distilled_guidance`, the value [dev]'s transformer is run at (see the module
-        docstring)."""
-        self.distilled_guidance = float(guidance)
-        return False
-
     def guided_prediction(self, sched, x, t, cond: Conditioning, uncond: Conditioning | None,
                           guidance: float) -> torch.Tensor:
-        """The conditional prediction alone at distilled guidance `guidance` (uncond is not used)."""
+        """The conditional prediction alone at distilled guidance `guidance` (uncond is not used); a guidance
+        the conditioning already carries (encode(..., guidance=)) is kept."""
         n = x.shape[0]
-        self.distilled_guidance = float(guidance)
         cond = cond.take(n)
-        if self.guidance_embeds:
+        if self.guidance_embeds and "guidance" not in cond.batched:
             g = torch.full([n], float(guidance), device=x.device, dtype=torch.float32)
             cond = Conditioning({**cond.batched, "guidance": g}, dict(cond.shared))
         return self.predict(self.scale_input(sched, x, t), t, cond)

@@ -41,7 +41,7 @@ class SDBackbone(Backbone):
         return {"safety_checker": None, "requires_safety_checker": False}
 
     @torch.no_grad()
-    def encode(self, prompt: str, n: int = 1, *, height=None, width=None) -> Conditioning:
+    def encode(self, prompt: str, n: int = 1, *, height=None, width=None, guidance=None) -> Conditioning:
         emb, _ = self.pipe.encode_prompt(prompt, self.device, n, False)
         return Conditioning({"encoder_hidden_states": emb.to(self.dtype)})
 

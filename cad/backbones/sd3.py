@@ -78,7 +78,7 @@ class SD3Backbone(Backbone):
         return "flow"
 
     @torch.no_grad()
-    def encode(self, prompt: str, n: int = 1, *, height=None, width=None) -> Conditioning:
+    def encode(self, prompt: str, n: int = 1, *, height=None, width=None, guidance=None) -> Conditioning:
         # prompt_2/prompt_3 None: the pipeline feeds the same prompt to all three encoders.
         emb, _, pooled, _ = self.pipe.encode_prompt(
             prompt=prompt, prompt_2=None, prompt_3=None, device=self.device, num_images_per_prompt=n,

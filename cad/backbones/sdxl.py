@@ -62,7 +62,7 @@ class SDXLBackbone(Backbone):
         return torch.tensor([[h, w, 0, 0, h, w]], dtype=self.dtype, device=self.device)
 
     @torch.no_grad()
-    def encode(self, prompt: str, n: int = 1, *, height=None, width=None) -> Conditioning:
+    def encode(self, prompt: str, n: int = 1, *, height=None, width=None, guidance=None) -> Conditioning:
         # do_classifier_free_guidance=False: unconditional inputs are just other prompts in cad, so the
         # pipeline's negative branch (and its force_zeros_for_empty_prompt) is not used; "" is encoded.
         emb, _, pooled, _ = self.pipe.encode_prompt(prompt, device=self.device, num_images_per_prompt=n,
