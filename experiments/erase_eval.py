@@ -25,7 +25,7 @@ from .pipeline import (
     write_metrics,
 )
 from .results import append_rows, make_rows
-from .validate import check_benchmarks, check_method, check_run, retain_concepts
+from .validate import check_benchmarks, plan_run
 
 log = logging.getLogger("cad.experiments")
 
@@ -43,8 +43,9 @@ def run_erase_eval(cfg: dict, run_dir: str | Path, *, logger=None, run_id: str |
 
     run_dir = Path(run_dir)
     outputs = Path(cfg["paths"]["outputs"])
-    model, method, gen = cfg["model"], cfg["method"], cfg.get("generation", {})
-    concept = check_run(cfg)
+    model, gen = cfg["model"], cfg.get("generation", {})
+    plan = plan_run(cfg)
+    concept, plugin, erase_plugin, retained = plan.concept, plan.method, plan.erase_method, plan.retained
     if concept["name"] != cfg["concept"]["name"]:
         log.info("model=toy: concept %s runs as its toy-world stand-in %s", cfg["concept"]["name"], concept["name"])
     data_dir = cfg["paths"].get("data")
@@ -55,11 +56,8 @@ def run_erase_eval(cfg: dict, run_dir: str | Path, *, logger=None, run_id: str |
         specs = {role: {**spec, "limit_per_label": int(per_label)} for role, spec in specs.items()}
     benchmarks = {role: load_benchmark(spec, data_dir=data_dir, limit=gen.get("limit")) for role, spec in specs.items()}
 
-    plugin = check_method(method)
-    retained = retain_concepts(method, concept, model["name"])
     with timed("load model"):
         loaded = load_model(model, device=cfg.get("device", "auto"), toy_kit=cfg["paths"].get("toy_kit"))
-    erase_plugin = check_method(cfg["erase_method"]) if cfg.get("erase_method") else None
     erase_edit = None
     if erase_plugin is not None:
         # Table 6: erase with the built-in baseline (its edit cached like any other), then run the method

@@ -18,6 +18,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -424,16 +425,31 @@ def retain_concepts(method: Mapping[str, Any], concept: Mapping[str, Any], model
     return out
 
 
+@dataclass
+class RunPlan:
+    """What the checks resolved, so the runner does not resolve it again: the effective concept, the method
+    plugin, the erasing plugin of amplify_erased (or None) and the retained concepts."""
+
+    concept: dict
+    method: Any
+    erase_method: Any
+    retained: list[dict]
+
+
 def check_run(cfg: Mapping[str, Any]) -> dict:
     """All cheap checks for one run; returns the effective concept."""
+    return plan_run(cfg).concept
+
+
+def plan_run(cfg: Mapping[str, Any]) -> RunPlan:
+    """All cheap checks for one run, before anything is loaded; returns what they resolved."""
     check_schema(cfg)
     check_names(cfg)
     check_numbers(cfg)
     check_device(cfg.get("device", "auto"))
     check_model(cfg["model"], cfg.get("paths", {}).get("toy_kit"))
-    check_method(cfg["method"])
-    if cfg.get("erase_method"):
-        check_method(cfg["erase_method"], "erase_method")
+    method = check_method(cfg["method"])
+    erase_method = check_method(cfg["erase_method"], "erase_method") if cfg.get("erase_method") else None
     if cfg.get("experiment_name") == "amplify_erased" and not cfg.get("erase_method") \
             and not (cfg.get("model") or {}).get("checkpoint"):
         raise ConfigError("experiment=amplify_erased needs an erased model: erase_method=<esd|uce|rece|conceptprune|"
@@ -451,7 +467,7 @@ def check_run(cfg: Mapping[str, Any]) -> dict:
                           f"(num_shards={gen.get('num_shards')})")
     if cfg.get("task", "erase_eval") == "erase_eval":
         check_metrics(cfg)
-    return concept
+    return RunPlan(concept, method, erase_method, retained)
 
 
 def check_metrics(cfg: Mapping[str, Any]) -> None:
