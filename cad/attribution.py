@@ -32,7 +32,7 @@ from cad.objectives import (
     concept_latents,
     erase_objective,
     erase_term,
-    new_buffers,
+    gradients,
 )
 from cad.scores import AttributionScores
 
@@ -49,7 +49,7 @@ def _restart_erase(bb: Backbone, prompt, *, base_prompt, negative_prompt, steps,
     cond, base = bb.encode(prompt, **size), bb.encode(base_prompt, **size)
     uncond = base if negative_prompt == base_prompt else bb.encode(negative_prompt, **size)
     gen = torch.Generator("cpu").manual_seed(seed)
-    acc, calls, terms = new_buffers(params), 0, []
+    acc, calls, terms = gradients(params), 0, []
     timesteps = bb.scheduler(steps, height=height, width=width).timesteps
     for i in tqdm(range(len(timesteps)), desc="restart", disable=not progress):
         # A fresh scheduler per restart: flow-matching schedulers count their own steps.
@@ -61,7 +61,7 @@ def _restart_erase(bb: Backbone, prompt, *, base_prompt, negative_prompt, steps,
         term, _, _ = erase_term(bb, sched, x, timesteps[i], cond, base, params, acc)
         calls += 2
         terms.append(float(term))
-    return sum(terms), acc, calls, terms
+    return sum(terms), acc.result() if acc else None, calls, terms
 
 
 def _describe_images(images, image_prompt, latents) -> dict:
@@ -106,10 +106,10 @@ def attribute(pipe, prompt: str, *, objective: str = "erase", base_prompt: str =
     space = get_space(space, bb.family)
     unet = bb.denoiser
     started = time.perf_counter()
-    fingerprint = bb.denoiser_fingerprint()
+    fingerprint, identity = bb.denoiser_fingerprint_and_identity()  # one walk over the weights
     meta = {
         "model": bb.name, "family": bb.family, "prediction_type": bb.prediction_type,
-        "unet_fingerprint": fingerprint, "denoiser_identity": bb.denoiser_identity(), "concept": prompt, "objective": objective,
+        "unet_fingerprint": fingerprint, "denoiser_identity": identity, "concept": prompt, "objective": objective,
         "estimator": estimator if objective == "erase" else "direct", "steps": steps, "num_samples": num_samples,
         "seed": seed, "space": space.describe(), "dtype": str(unet.dtype).replace("torch.", ""),
         "device": str(unet.device), "sign_convention": SIGN_CONVENTION,

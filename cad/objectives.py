@@ -50,23 +50,53 @@ class ObjectiveResult:
     targets: list[torch.Tensor] | None = None
 
 
-def accumulate(acc: dict[str, torch.Tensor] | None, loss: torch.Tensor, params: dict | None) -> None:
-    """Add d(loss)/d(params) into float32 buffers (autograd.grad: nothing is left in .grad)."""
-    if params is None:
-        return
-    grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
-    for (name, _), g in zip(params.items(), grads):
-        if g is not None:
-            acc[name] += g.float()
+class Gradients:
+    """d(sum of the losses added)/d(params), in float32 whatever the model's dtype.
+
+    float32 parameters accumulate in their own `.grad` through backward(): autograd adds each tensor's
+    gradient in place as soon as it is computed, so an attribution never holds a second full-size set of
+    gradients beside the sum (peak memory: the sum, one tensor's gradient and the activations). Other dtypes
+    take autograd.grad into separate float32 buffers. `result()` hands the sums over and puts back whatever
+    `.grad` the parameters had, so nothing is left behind.
+    """
+
+    def __init__(self, params: dict[str, torch.nn.Parameter]):
+        self.params = params
+        self.in_place = all(p.dtype == torch.float32 for p in params.values())
+        if self.in_place:
+            self._saved = {n: p.grad for n, p in params.items()}
+            for p in params.values():
+                p.grad = None
+        else:
+            self.buffers = {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device)
+                            for n, p in params.items()}
+
+    def add(self, loss: torch.Tensor) -> None:
+        if self.in_place:
+            # inputs=: only these tensors receive gradients, even where other parameters require grad.
+            torch.autograd.backward(loss, inputs=list(self.params.values()))
+            return
+        grads = torch.autograd.grad(loss, list(self.params.values()), allow_unused=True)
+        for name, g in zip(self.params, grads):
+            if g is not None:
+                self.buffers[name] += g.float()
+
+    def result(self) -> dict[str, torch.Tensor]:
+        if not self.in_place:
+            return self.buffers
+        out = {}
+        for n, p in self.params.items():
+            out[n] = p.grad if p.grad is not None else torch.zeros(p.shape, dtype=torch.float32, device=p.device)
+            p.grad = self._saved[n]
+        return out
 
 
-def new_buffers(params: dict | None) -> dict[str, torch.Tensor] | None:
-    if params is None:
-        return None
-    return {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in params.items()}
+def gradients(params: dict | None) -> Gradients | None:
+    return Gradients(params) if params is not None else None
 
 
-def erase_term(bb: Backbone, sched, x, t, cond: Conditioning, base: Conditioning, params, acc, pred_base=None):
+def erase_term(bb: Backbone, sched, x, t, cond: Conditioning, base: Conditioning, params, acc: Gradients | None,
+               pred_base=None):
     """One step's || f(x,t,c) - sg(f(x,t,c_base)) ||^2 (mean over the batch), f the denoiser's prediction
     (noise, v or flow velocity); 2 denoiser calls, or 1 when the base prediction `pred_base` is given (a
     fixed target from a reference pass).
@@ -81,7 +111,8 @@ def erase_term(bb: Backbone, sched, x, t, cond: Conditioning, base: Conditioning
     with torch.set_grad_enabled(params is not None):
         pred_cond = bb.predict(inp, t, cond.take(n))
         term = (pred_cond.float() - pred_base.float()).pow(2).flatten(1).sum(1).mean()
-    accumulate(acc, term, params)
+    if acc is not None:
+        acc.add(term)
     return term.detach(), pred_cond.detach(), pred_base
 
 
@@ -113,7 +144,7 @@ def erase_objective(pipe, prompt: str, *, base_prompt: str = "", negative_prompt
         raise ValueError("targets (base predictions) need the trajectory they were computed on, one per step")
     x = None if trajectory is not None else bb.initial_latents(
         sched, k, torch.Generator("cpu").manual_seed(seed), height, width)
-    acc, calls, terms, visited, bases = new_buffers(params), 0, [], [], []
+    acc, calls, terms, visited, bases = gradients(params), 0, [], [], []
     for i, t in enumerate(tqdm(sched.timesteps, desc="J_erase", disable=not progress, leave=False)):
         x_t = trajectory[i].to(bb.device, bb.dtype) if trajectory is not None else x
         visited.append(x_t)
@@ -134,7 +165,7 @@ def erase_objective(pipe, prompt: str, *, base_prompt: str = "", negative_prompt
                 else:
                     eps = eps_c
                 x = bb.step(sched, eps, t, x_t)
-    return ObjectiveResult(sum(terms), acc, calls, terms, visited, bases)
+    return ObjectiveResult(sum(terms), acc.result() if acc else None, calls, terms, visited, bases)
 
 
 def amplify_objective(pipe, latents: torch.Tensor, prompt: str, *, steps: int = 50, num_samples: int = 1,
@@ -159,7 +190,7 @@ def amplify_objective(pipe, latents: torch.Tensor, prompt: str, *, steps: int = 
     cond = bb.encode(prompt, height=latents.shape[2] * vsf, width=latents.shape[3] * vsf)
     gen = torch.Generator("cpu").manual_seed(seed)
     x0 = latents.detach().float().cpu()
-    acc, calls, terms = new_buffers(params), 0, []
+    acc, calls, terms = gradients(params), 0, []
     for t in tqdm(sched.timesteps, desc="J_amplify", disable=not progress, leave=False):
         term = 0.0
         for _ in range(num_samples):
@@ -172,10 +203,11 @@ def amplify_objective(pipe, latents: torch.Tensor, prompt: str, *, steps: int = 
                     pred = bb.predict(bb.scale_input(sched, x_t, t), t, cond.take(e.shape[0]))
                     loss = -(target.float() - pred.float()).pow(2).flatten(1).sum(1).sum() / (n * num_samples)
                 calls += 1
-                accumulate(acc, loss, params)
+                if acc is not None:
+                    acc.add(loss)
                 term += float(loss.detach())
         terms.append(term)
-    return ObjectiveResult(sum(terms), acc, calls, terms, None)
+    return ObjectiveResult(sum(terms), acc.result() if acc else None, calls, terms, None)
 
 
 def load_images(images) -> torch.Tensor | list:

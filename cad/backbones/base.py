@@ -71,22 +71,25 @@ def _tensor_digest(item: tuple[str, torch.Tensor]) -> bytes:
     return h.digest()
 
 
-def _combined_digest(module: torch.nn.Module, digest) -> str:
-    """`digest` of every (name, tensor) of the module's state dict, in parallel threads (blake2b releases the
-    GIL), combined in name order."""
+def _combined_digests(module: torch.nn.Module, digest) -> list[str]:
+    """`digest(name, tensor)` -> a tuple of byte digests, for every tensor of the module's state dict, in
+    parallel threads (blake2b releases the GIL); returns each position's digests combined in name order."""
     items = sorted(module.state_dict().items())
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        digests = list(pool.map(digest, items))
-    h = hashlib.blake2b(digest_size=16)
-    for d in digests:
-        h.update(d)
-    return h.hexdigest()
+        per_tensor = list(pool.map(digest, items))
+    out = []
+    for k in range(len(per_tensor[0]) if per_tensor else 1):
+        h = hashlib.blake2b(digest_size=16)
+        for ds in per_tensor:
+            h.update(ds[k])
+        out.append(h.hexdigest())
+    return out
 
 
 def module_fingerprint(module: torch.nn.Module) -> str:
     """A hash of every tensor of a module (names, shapes, dtypes, bytes): any weight change gives a new one.
     About a second per GB of weights."""
-    return _combined_digest(module, _tensor_digest)
+    return _combined_digests(module, lambda item: (_tensor_digest(item),))[0]
 
 
 def _half_digest(item: tuple[str, torch.Tensor]) -> bytes:
@@ -97,6 +100,19 @@ def _half_digest(item: tuple[str, torch.Tensor]) -> bytes:
     return _tensor_digest((name, t))
 
 
+def module_fingerprint_and_identity(module: torch.nn.Module) -> tuple[str, str]:
+    """module_fingerprint and module_identity in one walk over the weights (what an attribution records)."""
+    def both(item):
+        exact = _tensor_digest(item)
+        t = item[1]
+        # A float16 (or integer) tensor already is its own float16 view: its identity digest is the exact one.
+        same = not t.is_floating_point() or t.dtype == torch.float16
+        return exact, exact if same else _half_digest(item)
+
+    fp, ident = _combined_digests(module, both)
+    return fp, ident
+
+
 def module_identity(module: torch.nn.Module) -> str:
     """Which model a module is, whatever dtype it runs in: the fingerprint of its tensors cast to float16.
 
@@ -104,7 +120,7 @@ def module_identity(module: torch.nn.Module) -> str:
     models that differ in any weight by more than float16 rounding do not. Edits record it as `made_for`.
     (A bfloat16 copy rounds differently from a float32 one, so those two do not share an identity.)
     """
-    return _combined_digest(module, _half_digest)
+    return _combined_digests(module, lambda item: (_half_digest(item),))[0]
 
 
 @dataclass
@@ -253,6 +269,9 @@ class Backbone:
 
     def denoiser_fingerprint(self) -> str:
         return module_fingerprint(self.denoiser)
+
+    def denoiser_fingerprint_and_identity(self) -> tuple[str, str]:
+        return module_fingerprint_and_identity(self.denoiser)
 
     def denoiser_identity(self) -> str:
         """The dtype-independent identity edits record as `made_for` (cad.backbones.base.module_identity)."""
