@@ -97,7 +97,7 @@ def run_erase_eval(cfg: dict, run_dir: str | Path, *, logger=None, run_id: str |
                                "method_info": {k: v for k, v in info.items() if k not in ("scores_path",)},
                                "edits": {k: _edit_info(e) for k, e in variants.items() if e is not None}}
     rows = []
-    for bench in benchmarks.values():
+    for role, bench in benchmarks.items():
         folders = {}
         for variant, e in variants.items():
             with timed(f"generate {bench.key} [{variant}]"):
@@ -116,7 +116,8 @@ def run_erase_eval(cfg: dict, run_dir: str | Path, *, logger=None, run_id: str |
                               directions=directions(metrics, results, bench.name),
                               protocol=protocol_of(model, gen, bench, proto, loaded),
                               edit_fingerprint=None if e is None else e.fingerprint)
-        _log_grid(logger, bench, folders, run_dir)
+        # the target's columns first on the target benchmark; a retain benchmark (another kind) shows every class
+        _log_grid(logger, bench, folders, run_dir, concept.get("label", concept["name"]) if role == "target" else None)
     write_metrics(run_dir, payload)
     if rows:
         append_rows(outputs / "results.jsonl", rows)
@@ -137,17 +138,19 @@ def _edit_info(edit) -> dict:
     return info
 
 
-def _log_grid(logger, bench, folders: dict[str, Path], run_dir: Path) -> None:
-    """Original / edited / control rows on the same prompts and seeds: grid_<benchmark>.png in the run folder."""
-    from evaluation.report import image_grid
+def _log_grid(logger, bench, folders: dict[str, Path], run_dir: Path, target: str | None = None) -> None:
+    """Original / edited / control rows on the same prompts and seeds, the target concept's columns first (the
+    claim), then a few of every other class: grid_<benchmark>.png in the run folder."""
+    from evaluation.grids import concept_grid
 
     try:
-        grid = image_grid(folders, run_dir / f"grid_{bench.name}.png", n=getattr(logger, "n_images", 8))
+        grid = concept_grid(bench, folders, target, run_dir / f"grid_{bench.name}.png",
+                            n_target=getattr(logger, "n_images", None) or 6)
     except (FileNotFoundError, ValueError) as err:
         log.warning("no image grid for %s: %s", bench.key, err)
         return
     if logger is not None:
-        logger.log_image(f"grid/{bench.name}", grid, caption=" / ".join(folders))
+        logger.log_image(f"grid/{bench.name}", grid, caption=grid.info.get("caption", " / ".join(folders)))
 
 
 def summary_lines(payload: dict) -> list[str]:

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from PIL import Image as PILImage
 
 from evaluation.report import load_results, markdown_tables
 from experiments import repo_root
@@ -40,6 +41,8 @@ def test_main_job_and_sweep_reuse(toy, tmp_path):
     assert written["run"]["concept"] == "diamond" and written["edits"]["edited"]["n_ablated"] > 0
     assert written["run"]["run_id"] == str(tmp_path / "run1")  # outside the outputs root: the absolute folder
     assert (tmp_path / "run1" / "grid_toy_objects.png").is_file()  # original / edited / random rows
+    grid = json.loads(PILImage.open(tmp_path / "run1" / "grid_toy_objects.png").text["cad_grid"])
+    assert [c["label"] for c in grid["columns"]][:3] == ["diamond", "diamond", "circle"]  # the target first
     assert written["edits"]["edited"]["n_ablated"] == written["edits"]["random-0"]["n_ablated"]
     images = {k: toy.joinpath(v) for k, v in written["images"]["toy_objects@v1"].items()}
     assert len(_pngs(images["original"])) == 12  # 6 shapes x 2
