@@ -92,12 +92,28 @@ def module_fingerprint(module: torch.nn.Module) -> str:
     return _combined_digests(module, lambda item: (_tensor_digest(item),))[0]
 
 
+# Elements cast to float16 at a time for the identity digest (2 MB buffers).
+HALF_CHUNK = 1 << 20
+
+
 def _half_digest(item: tuple[str, torch.Tensor]) -> bytes:
+    """_tensor_digest of the tensor cast to float16, cast a chunk at a time into one small buffer: blake2b
+    is incremental, so the digest is the whole cast's. Whole-tensor copies, made in the hashing threads,
+    were freed into those threads' malloc arenas, which the main thread never reuses: about 0.1 GB of
+    resident memory left behind on SD 1.4, part of an attribution's peak."""
     name, t = item
     t = t.detach()
-    if t.is_floating_point():
-        t = t.to(torch.float16)
-    return _tensor_digest((name, t))
+    if not t.is_floating_point() or t.dtype == torch.float16:
+        return _tensor_digest((name, t))
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{name}|{tuple(t.shape)}|{torch.float16}|".encode())
+    flat = t.contiguous().reshape(-1)
+    buf = torch.empty(min(flat.numel(), HALF_CHUNK), dtype=torch.float16, device=t.device)
+    for s in range(0, flat.numel(), HALF_CHUNK):
+        part = buf[:min(HALF_CHUNK, flat.numel() - s)]
+        part.copy_(flat[s:s + HALF_CHUNK])  # the same cast (and device) as t.to(torch.float16)
+        h.update(part.cpu().view(torch.uint8).numpy().data)
+    return h.digest()
 
 
 def module_fingerprint_and_identity(module: torch.nn.Module) -> tuple[str, str]:

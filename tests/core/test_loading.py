@@ -49,3 +49,15 @@ def test_fingerprint_changes_with_any_weight(tiny_pipe_factory):
         p[0] = old
     assert unet_fingerprint(unet) == before
     assert unet_fingerprint(unet.half()) != before
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_identity_digest_cast_in_chunks_is_the_whole_cast(dtype):
+    from cad.backbones.base import HALF_CHUNK, _half_digest, _tensor_digest
+
+    # Longer than one chunk, with a ragged tail, values that round differently, non-contiguous too.
+    t = (torch.randn(2 * HALF_CHUNK + 5, dtype=torch.float64) * 1e3).to(dtype)
+    t[:3] = torch.tensor([float("inf"), 1e-9, 7e4])
+    for x in (t, t[: HALF_CHUNK + 1].reshape(-1, 1).expand(-1, 2).t()):
+        assert _half_digest(("w", x)) == _tensor_digest(("w", x.to(torch.float16)))
+    assert _half_digest(("w", t)) != _half_digest(("v", t))
