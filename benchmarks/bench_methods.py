@@ -64,7 +64,9 @@ def method_config(name: str, world: str | None = None) -> dict:
 
 
 def concept(name: str) -> dict:
-    return yaml.safe_load((ROOT / "conf" / "concept" / f"{name}.yaml").read_text())
+    from experiments.validate import load_concept
+
+    return load_concept(name)  # prompts resolved for the default protocol
 
 
 class Clock:

@@ -33,6 +33,7 @@ from cad.objectives import (
     erase_objective,
     erase_term,
     gradients,
+    schedule_length,
 )
 from cad.scores import AttributionScores
 
@@ -43,17 +44,18 @@ SIGN_CONVENTION = ("alpha = w * dJ/dw of the maximised J (first-order J(w) - J(w
 
 
 def _restart_erase(bb: Backbone, prompt, *, base_prompt, negative_prompt, steps, guidance, num_samples, seed,
-                   params, height, width, progress):
+                   params, height, width, progress, schedule_steps=None):
     k = num_samples
     size = dict(height=height, width=width, guidance=guidance)
     cond, base = bb.encode(prompt, **size), bb.encode(base_prompt, **size)
     uncond = base if negative_prompt == base_prompt else bb.encode(negative_prompt, **size)
     gen = torch.Generator("cpu").manual_seed(seed)
     acc, calls, terms = gradients(params), 0, []
-    timesteps = bb.scheduler(steps, height=height, width=width).timesteps
+    length = schedule_length(steps, schedule_steps)
+    timesteps = bb.scheduler(length, height=height, width=width).timesteps[:steps]
     for i in tqdm(range(len(timesteps)), desc="restart", disable=not progress):
         # A fresh scheduler per restart: flow-matching schedulers count their own steps.
-        sched = bb.scheduler(steps, height=height, width=width)
+        sched = bb.scheduler(length, height=height, width=width)
         x = bb.initial_latents(sched, k, gen, height, width)
         for j in range(i + 1):
             x = bb.guided_step(sched, x, timesteps[j], cond, uncond, guidance)
@@ -62,6 +64,15 @@ def _restart_erase(bb: Backbone, prompt, *, base_prompt, negative_prompt, steps,
         calls += 2
         terms.append(float(term))
     return sum(terms), acc.result() if acc else None, calls, terms
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    """Whether every element is finite, from the extremes (NaN propagates into them): isfinite(t).all()
+    builds an abs() copy and two masks, 1.75x the tensor, while all the scores are held."""
+    if not t.numel():
+        return True
+    lo, hi = torch.aminmax(t)
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
 
 
 def _describe_images(images, image_prompt, latents) -> dict:
@@ -82,7 +93,8 @@ def attribute(pipe, prompt: str, *, objective: str = "erase", base_prompt: str =
               steps: int = 50, guidance: float = 3.0, num_samples: int = 1, seed: int = 0,
               estimator: str = "trajectory", space="ff", images=None, image_prompt: str | None = None,
               num_images: int = 8, image_guidance: float = 7.5, batch_size: int = 8, height: int | None = None,
-              width: int | None = None, progress: bool = True) -> AttributionScores:
+              width: int | None = None, progress: bool = True,
+              schedule_steps: int | None = None) -> AttributionScores:
     """Attribution scores of `prompt`'s concept for every weight of `space` in the denoiser of `pipe` (a
     diffusers pipeline of any supported family, or a cad Backbone; `space` resolves in its family).
 
@@ -90,6 +102,8 @@ def attribute(pipe, prompt: str, *, objective: str = "erase", base_prompt: str =
     amplify: J_amplify on latents of `images` (folder, PIL list, [0,1] tensor) or, with images=None, of
     num_images images the unedited pipeline generates for image_prompt (default: prompt); num_samples
     noise draws per image and timestep. Only the space's tensors get requires_grad (restored after).
+    schedule_steps (None: steps): the timesteps are `steps` of a schedule of that length, as in the reference
+    code (its 50-step schedule): the first ones (highest noise) for erase, the lowest-noise ones for amplify.
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; use one of {OBJECTIVES}")
@@ -100,6 +114,7 @@ def attribute(pipe, prompt: str, *, objective: str = "erase", base_prompt: str =
                          "trajectory); use estimator='trajectory'")
     if num_samples < 1 or steps < 1:
         raise ValueError(f"num_samples and steps must be >= 1 (got {num_samples}, {steps})")
+    schedule_steps = schedule_length(steps, schedule_steps)
     if not isinstance(prompt, str) or not prompt:
         raise ValueError("prompt must be a non-empty string naming the concept")
     bb = wrap(pipe)
@@ -110,7 +125,8 @@ def attribute(pipe, prompt: str, *, objective: str = "erase", base_prompt: str =
     meta = {
         "model": bb.name, "family": bb.family, "prediction_type": bb.prediction_type,
         "unet_fingerprint": fingerprint, "denoiser_identity": identity, "concept": prompt, "objective": objective,
-        "estimator": estimator if objective == "erase" else "direct", "steps": steps, "num_samples": num_samples,
+        "estimator": estimator if objective == "erase" else "direct", "steps": steps,
+        "schedule_steps": schedule_steps, "num_samples": num_samples,
         "seed": seed, "space": space.describe(), "dtype": str(unet.dtype).replace("torch.", ""),
         "device": str(unet.device), "sign_convention": SIGN_CONVENTION,
     }
@@ -129,25 +145,27 @@ def attribute(pipe, prompt: str, *, objective: str = "erase", base_prompt: str =
         params = enable_only(unet, space)
         if objective == "amplify":
             res = amplify_objective(bb, latents, prompt, steps=steps, num_samples=num_samples, seed=seed,
-                                    params=params, batch_size=batch_size, progress=progress)
+                                    params=params, batch_size=batch_size, progress=progress,
+                                    schedule_steps=schedule_steps)
             value, grads, calls, terms = res.value, res.grads, res.unet_calls, res.terms
         elif estimator == "trajectory":
             res = erase_objective(bb, prompt, base_prompt=base_prompt, negative_prompt=negative_prompt,
                                   steps=steps, guidance=guidance, num_samples=num_samples, seed=seed,
-                                  params=params, height=height, width=width, progress=progress)
+                                  params=params, height=height, width=width, progress=progress,
+                                  schedule_steps=schedule_steps)
             value, grads, calls, terms = res.value, res.grads, res.unet_calls, res.terms
         else:
             value, grads, calls, terms = _restart_erase(
                 bb, prompt, base_prompt=base_prompt, negative_prompt=negative_prompt, steps=steps,
                 guidance=guidance, num_samples=num_samples, seed=seed, params=params, height=height,
-                width=width, progress=progress)
+                width=width, progress=progress, schedule_steps=schedule_steps)
         with torch.no_grad():
             # alpha = w * grad written into the float32 gradient buffers themselves: a second set of
             # full-size tensors would raise the peak memory by the size of the space.
             scores = {n: grads.pop(n).mul_(p.detach().float()).cpu() for n, p in list(params.items())}
     finally:
         restore_requires_grad(unet, flags)
-    bad = [n for n, s in scores.items() if not torch.isfinite(s).all()]
+    bad = [n for n, s in scores.items() if not _all_finite(s)]
     if bad:
         raise FloatingPointError(f"non-finite attribution scores in {bad[:3]} (objective overflow in "
                                  f"{meta['dtype']}?); rerun with dtype='float32'")

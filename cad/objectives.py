@@ -95,6 +95,16 @@ def gradients(params: dict | None) -> Gradients | None:
     return Gradients(params) if params is not None else None
 
 
+def schedule_length(steps: int, schedule_steps: int | None) -> int:
+    """The length of the schedule an objective takes `steps` timesteps from (None: exactly `steps`)."""
+    if schedule_steps is None:
+        return steps
+    if schedule_steps < steps:
+        raise ValueError(f"schedule_steps={schedule_steps} < steps={steps}: the objective takes `steps` timesteps "
+                         "of a schedule of schedule_steps; raise schedule_steps or lower steps")
+    return schedule_steps
+
+
 def erase_term(bb: Backbone, sched, x, t, cond: Conditioning, base: Conditioning, params, acc: Gradients | None,
                pred_base=None):
     """One step's || f(x,t,c) - sg(f(x,t,c_base)) ||^2 (mean over the batch), f the denoiser's prediction
@@ -119,7 +129,8 @@ def erase_term(bb: Backbone, sched, x, t, cond: Conditioning, base: Conditioning
 def erase_objective(pipe, prompt: str, *, base_prompt: str = "", negative_prompt: str = "", steps: int = 50,
                     guidance: float = 3.0, num_samples: int = 1, seed: int = 0, params: dict | None = None,
                     trajectory: list[torch.Tensor] | None = None, targets: list[torch.Tensor] | None = None,
-                    height=None, width=None, progress: bool = False) -> ObjectiveResult:
+                    height=None, width=None, progress: bool = False,
+                    schedule_steps: int | None = None) -> ObjectiveResult:
     """J_erase along K guided trajectories run as one batch (the `trajectory` estimator when params are given).
 
     `pipe` is a diffusers pipeline of any supported family or a cad Backbone. For flow-matching families the
@@ -131,21 +142,25 @@ def erase_objective(pipe, prompt: str, *, base_prompt: str = "", negative_prompt
     pass costs 2 UNet calls per step (3 otherwise). With `trajectory` (the x_t of an earlier pass), J is
     evaluated on those latents and nothing is sampled; with `targets` too (that pass's base predictions),
     the base prompt is not re-evaluated either (1 call per step). The result carries both lists.
+
+    `schedule_steps` (None: `steps`): the trajectory runs the first `steps` timesteps of a schedule of that
+    length (the reference code's truncated 50-step schedule) instead of a `steps`-step schedule.
     """
     bb, k = wrap(pipe), num_samples
-    sched = bb.scheduler(steps, height=height, width=width)
+    sched = bb.scheduler(schedule_length(steps, schedule_steps), height=height, width=width)
+    timesteps = sched.timesteps[:steps]
     size = dict(height=height, width=width, guidance=guidance)
     cond, base = bb.encode(prompt, **size), bb.encode(base_prompt, **size)
     use_cfg = bb.cfg_active(guidance)
     uncond = base if negative_prompt == base_prompt else bb.encode(negative_prompt, **size)
-    if trajectory is not None and len(trajectory) != len(sched.timesteps):
-        raise ValueError(f"trajectory has {len(trajectory)} latents but the schedule has {steps} steps")
+    if trajectory is not None and len(trajectory) != len(timesteps):
+        raise ValueError(f"trajectory has {len(trajectory)} latents but the objective visits {steps} steps")
     if targets is not None and (trajectory is None or len(targets) != len(trajectory)):
         raise ValueError("targets (base predictions) need the trajectory they were computed on, one per step")
     x = None if trajectory is not None else bb.initial_latents(
         sched, k, torch.Generator("cpu").manual_seed(seed), height, width)
     acc, calls, terms, visited, bases = gradients(params), 0, [], [], []
-    for i, t in enumerate(tqdm(sched.timesteps, desc="J_erase", disable=not progress, leave=False)):
+    for i, t in enumerate(tqdm(timesteps, desc="J_erase", disable=not progress, leave=False)):
         x_t = trajectory[i].to(bb.device, bb.dtype) if trajectory is not None else x
         visited.append(x_t)
         fixed = targets[i].to(bb.device, bb.dtype) if targets is not None else None
@@ -170,13 +185,15 @@ def erase_objective(pipe, prompt: str, *, base_prompt: str = "", negative_prompt
 
 def amplify_objective(pipe, latents: torch.Tensor, prompt: str, *, steps: int = 50, num_samples: int = 1,
                       seed: int = 0, params: dict | None = None, batch_size: int = 8,
-                      progress: bool = False) -> ObjectiveResult:
+                      progress: bool = False, schedule_steps: int | None = None) -> ObjectiveResult:
     """J_amplify = -sum_t mean_{images, draws} || target - f(add_noise(x_0, eps, t), t, c) ||^2: minus the
     family's training loss, with target eps (epsilon models), v (v-prediction) or eps - x_0 (flow matching,
     x_t = (1 - sigma) x_0 + sigma eps).
 
     eps is drawn on the CPU from one generator seeded with `seed`, in a fixed order (timestep, draw,
-    image), so two calls with the same seed see the same noise whatever the model weights.
+    image), so two calls with the same seed see the same noise whatever the model weights. With
+    `schedule_steps` (None: `steps`) the timesteps are the `steps` lowest-noise ones of a schedule of that
+    length, as the reference code's `timesteps[-t]` loop (compute_negative_neurons.py) takes them.
     """
     bb = wrap(pipe)
     if latents.ndim != 4 or latents.shape[1] != bb.latent_channels:
@@ -186,12 +203,14 @@ def amplify_objective(pipe, latents: torch.Tensor, prompt: str, *, steps: int = 
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     n = latents.shape[0]
     vsf = bb.vae_scale_factor
-    sched = bb.scheduler(steps, height=latents.shape[2] * vsf, width=latents.shape[3] * vsf)
+    sched = bb.scheduler(schedule_length(steps, schedule_steps), height=latents.shape[2] * vsf,
+                         width=latents.shape[3] * vsf)
+    timesteps = sched.timesteps[len(sched.timesteps) - steps:]
     cond = bb.encode(prompt, height=latents.shape[2] * vsf, width=latents.shape[3] * vsf)
     gen = torch.Generator("cpu").manual_seed(seed)
     x0 = latents.detach().float().cpu()
     acc, calls, terms = gradients(params), 0, []
-    for t in tqdm(sched.timesteps, desc="J_amplify", disable=not progress, leave=False):
+    for t in tqdm(timesteps, desc="J_amplify", disable=not progress, leave=False):
         term = 0.0
         for _ in range(num_samples):
             noise = torch.randn(x0.shape, generator=gen, dtype=torch.float32)
@@ -286,7 +305,8 @@ def erase_trajectory(pipe, prompt: str, **kw) -> list[torch.Tensor]:
 def measure_erase_objective(pipe, prompt: str, *, base_prompt: str = "", negative_prompt: str = "",
                             steps: int = 50, guidance: float = 3.0, num_samples: int = 1, seed: int = 0,
                             edit=None, reference: ObjectiveResult | None = None, base_target: str = "fixed",
-                            trajectory: list[torch.Tensor] | None = None, height=None, width=None) -> float:
+                            trajectory: list[torch.Tensor] | None = None, height=None, width=None,
+                            schedule_steps: int | None = None) -> float:
     """J_erase without gradients, equal to attribute(...).meta["objective_value"] for the same arguments.
 
     With `edit`, the x_t of the reference pass (the pipeline as given, i.e. unedited; computed here unless
@@ -302,7 +322,7 @@ def measure_erase_objective(pipe, prompt: str, *, base_prompt: str = "", negativ
     if base_target not in ("fixed", "edited"):
         raise ValueError(f"base_target must be 'fixed' or 'edited', got {base_target!r}")
     kw = dict(base_prompt=base_prompt, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
-              num_samples=num_samples, seed=seed, height=height, width=width)
+              num_samples=num_samples, seed=seed, height=height, width=width, schedule_steps=schedule_steps)
     if reference is None and trajectory is not None:
         reference = erase_objective(pipe, prompt, trajectory=trajectory, **kw)
     if reference is None:
@@ -318,13 +338,13 @@ def measure_erase_objective(pipe, prompt: str, *, base_prompt: str = "", negativ
 
 @torch.no_grad()
 def measure_amplify_objective(pipe, latents, prompt: str, *, steps: int = 50, num_samples: int = 1,
-                              seed: int = 0, edit=None, batch_size: int = 8) -> float:
+                              seed: int = 0, edit=None, batch_size: int = 8, schedule_steps: int | None = None) -> float:
     """J_amplify without gradients on latents (or images, encoded first by the unedited VAE), same noise
     as attribute(...) for the same seed; with `edit`, evaluated with the edit applied."""
     if not (isinstance(latents, torch.Tensor) and latents.ndim == 4
             and latents.shape[1] == wrap(pipe).latent_channels):
         latents = concept_latents(pipe, latents, seed=seed)
-    kw = dict(steps=steps, num_samples=num_samples, seed=seed, batch_size=batch_size)
+    kw = dict(steps=steps, num_samples=num_samples, seed=seed, batch_size=batch_size, schedule_steps=schedule_steps)
     if edit is None:
         return amplify_objective(pipe, latents, prompt, **kw).value
     with edit.applied(pipe):

@@ -119,6 +119,9 @@ class AttributionScores:
         config = {k: self.meta.get(k) for k in CONFIG_KEYS}
         if self.meta.get("retain"):  # a retain ranking (cad.retain) is another artifact than the plain alpha
             config["retain"] = self.meta["retain"]
+        if self.meta.get("schedule_steps") not in (None, self.meta.get("steps")):
+            # `steps` timesteps of a longer schedule (the reference protocol) are other timesteps
+            config["schedule_steps"] = self.meta["schedule_steps"]
         return stable_hash(config)
 
     def predicted_change(self, masks: dict[str, torch.Tensor]) -> float:

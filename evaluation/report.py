@@ -4,26 +4,29 @@ plots and original-vs-edited image grids.
     python -m evaluation.report outputs/results.jsonl --out outputs/report
 
 Rows come from experiments/ (one per run x variant x benchmark x metric, see experiments/results.py). A
-variant is "original" (the unedited model, the paper's "SD" column), "edited" (the method's edit) or
-"random-<seed>" (the same-count random ablation control). Reruns of the same point keep the latest row.
+variant is "original" (the unedited model, the paper's "SD" line), "edited" (the method's edit),
+"random-<seed>" (the same-count random ablation control) or, for experiment=amplify_erased, "erased".
+Tables are grouped by what produced their rows and reruns keep the latest row (evaluation.report_tables).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import math
 import os
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
 from cad.io import atomic_write_bytes, atomic_write_text
 
+from . import report_tables as rt
+from .report_tables import latest  # noqa: F401  (part of this module's interface)
+
 # Which key of a benchmark is "erase" and which "retain" for the Pareto plots, by metric suffix.
-PARETO_PAIRS: tuple[tuple[str, str], ...] = (("acc_target", "acc_others"),)
+PARETO_PAIRS: tuple[tuple[str, str], ...] = (("acc_target", "acc_others"), ("lpips_erased", "lpips_others"))
 
 
 def load_results(path: str | os.PathLike) -> list[dict]:
@@ -42,79 +45,29 @@ def load_results(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
-def _point(row: dict) -> tuple:
-    return (row.get("experiment"), row["model"], row["concept"], row["method"], row.get("variant", "edited"),
-            row.get("ratio"), row.get("sign"), row.get("granularity"), tuple(row.get("retain") or ()),
-            row["benchmark"], row["metric"])
-
-
-def latest(rows: Iterable[dict]) -> list[dict]:
-    """One row per sweep point and metric: the last one written (a rerun supersedes the old number)."""
-    out: dict[tuple, dict] = {}
-    for r in rows:
-        out[_point(r)] = r
-    return list(out.values())
-
-
-def column_label(row: dict) -> str:
-    """Column group of a row in the paper's layout: SD (unedited), <method>[+retain]@<ratio>, random@<ratio>."""
-    variant = row.get("variant", "edited")
-    if variant == "original" or row["method"] == "none":
-        return "SD"
-    ratio = row.get("ratio")
-    suffix = f"@{ratio:g}" if isinstance(ratio, int | float) else ""
-    if variant.startswith("random"):
-        return f"random{suffix}"
-    return f"{row['method']}{'+retain' if row.get('retain') else ''}{suffix}"
-
-
-def _fmt(v: float | None) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    return f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
-
-
-def _short(metric: str) -> str:
-    return metric.split("/", 1)[1] if "/" in metric else metric
-
-
 def markdown_tables(rows: Sequence[dict], metrics: Sequence[str] | None = None) -> str:
-    """One table per (experiment, model, benchmark): a row per concept, a column per (variant, metric).
-
-    With Imagenette rows this is the paper's Table 1 (acc_target / acc_others per erased class, SD vs CAD);
-    random-control seeds are averaged. Per-class keys (`acc/<class>`) are left out unless asked for.
-    """
-    rows = latest(rows)
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in rows:
-        if metrics is None and "/acc/" in r["metric"]:
-            continue
-        if metrics is not None and r["metric"] not in metrics:
-            continue
-        groups[(r.get("experiment") or "-", r["model"], r["benchmark"])].append(r)
-    parts = []
-    for (exp, model, bench), grp in sorted(groups.items()):
-        cells: dict[tuple, dict[tuple, list[float]]] = defaultdict(lambda: defaultdict(list))
-        columns: dict[tuple, None] = {}
-        for r in grp:
-            col = (column_label(r), _short(r["metric"]))
-            columns[col] = None
-            if r["value"] is not None:
-                cells[r["concept"]][col].append(float(r["value"]))
-        cols = sorted(columns, key=lambda c: (c[0] != "SD", c[0].startswith("random"), c[0], c[1]))
-        arrows = {(column_label(r), _short(r["metric"])): r.get("higher_is_better") for r in grp}
-        head = [f"{lab} {m}{_arrow(arrows.get((lab, m)))}" for lab, m in cols]
-        lines = [f"### {exp} · {model} · {bench}", "", "| concept | " + " | ".join(head) + " |",
-                 "|---|" + "---|" * len(cols)]
-        for concept in sorted(cells):
-            vals = [cells[concept].get(c) for c in cols]
-            lines.append(f"| {concept} | " + " | ".join(_fmt(sum(v) / len(v)) if v else "–" for v in vals) + " |")
-        parts.append("\n".join(lines))
+    """The main tables, one per group of rows that came from the same setup (evaluation.report_tables): the
+    paper's Table 1 layout (a line per method and its settings, "SD" first, a column per concept and
+    headline metric, the mean over concepts last) or, for experiment=amplify_erased, Table 6 (a line per
+    erase method, base / erased / recalled per concept). Per-class and per-label keys are left out unless
+    `metrics` asks for them (see wide_tables)."""
+    if metrics is not None:
+        rows = [r for r in rows if r["metric"] in metrics]
+        found = rt.tables(rows) + rt.tables(rows, wide=True)
+    else:
+        found = rt.tables(rows)
+    parts = [rt.render(t, notes=rt.other_sizes(t, found)) for t in found]
     return "\n\n".join(parts) + ("\n" if parts else "")
 
 
-def _arrow(hib: bool | None) -> str:
-    return "" if hib is None else (" ↑" if hib else " ↓")
+def wide_tables(rows: Sequence[dict]) -> str:
+    """Per-class accuracies, per-label NudeNet counts, per-artist LPIPS: one table per group and concept."""
+    parts = []
+    for t in rt.tables(rows, wide=True):
+        for concept in t.concepts:
+            sub = dataclasses.replace(t, concepts=[concept])
+            parts.append(rt.render(sub, title=f" · {concept} (per class / per label)"))
+    return "\n\n".join(parts) + ("\n" if parts else "")
 
 
 def _plt():
@@ -135,76 +88,118 @@ def _save_fig(fig, path: Path) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
+def sweep_series(rows: Sequence[dict]) -> dict[tuple, dict[str, list[tuple[float, float]]]]:
+    """(group, method series, metric) -> {legend label: [(ratio, value)]} for every method swept over >= 2
+    ratios: a line per concept, its random control beside it. The unedited level is under "<concept> · SD"."""
+    out: dict[tuple, dict[str, list]] = {}
+    for t in rt.tables(rows):
+        if t.layout != "methods":
+            continue
+        for series in sorted({ln.series for ln in t.lines if ln.kind == "method"}):
+            sweep = [ln for ln in t.lines if ln.series == series and ln.ratio is not None]
+            if len({ln.ratio for ln in sweep}) < 2:
+                continue
+            controls = [ln for ln in t.lines if ln.kind == "random" and ln.series == f"random ↔ {series}"]
+            for metric in t.metrics:
+                lines: dict[str, list] = {}
+                for concept in t.concepts:
+                    for kind, sel in (("", sweep), (" (random)", controls)):
+                        pts = sorted((ln.ratio, v) for ln in sel
+                                     if ln.ratio and (v := t.cells.get((ln.label, None, concept, metric))) is not None)
+                        if pts:
+                            lines[f"{concept} · {series}{kind}"] = pts
+                    base = t.cells.get(("SD", None, concept, metric))
+                    if base is not None:
+                        lines[f"{concept} · SD"] = [(0.0, base)]
+                if any(len(v) > 1 for v in lines.values()):
+                    out[(t.group, series, metric)] = lines
+    return out
+
+
 def sweep_curves(rows: Sequence[dict], out_dir: str | os.PathLike) -> list[Path]:
     """Metric against ratio (log x), a line per concept for the method and dashed for the random control;
-    the unedited value as a dotted level. One PNG per (model, method, benchmark metric) with >= 2 ratios."""
+    the unedited value as a dotted level. One PNG per (group, method, metric) with >= 2 ratios."""
     plt = _plt()
-    rows = [r for r in latest(rows) if r["value"] is not None and "/acc/" not in r["metric"]]
-    by_plot: dict[tuple, list[dict]] = defaultdict(list)
-    for r in rows:
-        if r["method"] != "none":
-            by_plot[(r["model"], r["method"], r["metric"])].append(r)
-    originals = {(r["model"], r["concept"], r["metric"]): r["value"] for r in rows
-                 if r.get("variant") == "original" or r["method"] == "none"}
     written = []
-    for (model, method, metric), grp in sorted(by_plot.items()):
-        ratios = {r["ratio"] for r in grp if r.get("variant") != "original" and r.get("ratio")}
-        if len(ratios) < 2:
-            continue
+    for (group, series, metric), lines in sorted(sweep_series(rows).items(), key=lambda kv: str(kv[0])):
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        for concept in sorted({r["concept"] for r in grp}):
-            for kind, style in (("edited", "-o"), ("random", "--x")):
-                pts = defaultdict(list)
-                for r in grp:
-                    v = r.get("variant", "edited")
-                    if r["concept"] == concept and r.get("ratio") and (v == kind or v.startswith(kind + "-")):
-                        pts[r["ratio"]].append(r["value"])
-                if pts:
-                    xs = sorted(pts)
-                    line = ax.plot(xs, [sum(pts[x]) / len(pts[x]) for x in xs], style,
-                                   label=f"{concept} ({method if kind == 'edited' else 'random'})")
-                    base = originals.get((model, concept, metric))
-                    if base is not None and kind == "edited":
-                        ax.axhline(base, ls=":", color=line[0].get_color(), lw=1)
+        colors: dict[str, str] = {}
+        for label, pts in lines.items():
+            concept = label.split(" · ", 1)[0]
+            color = colors.get(concept)
+            if label.endswith(" · SD"):
+                if color is not None:
+                    ax.axhline(pts[0][1], ls=":", color=color, lw=1)
+                continue
+            style = "--x" if label.endswith("(random)") else "-o"
+            drawn = ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label, color=color)
+            colors.setdefault(concept, drawn[0].get_color())
         ax.set_xscale("log")
         ax.set_xlabel("ratio of components ablated")
         ax.set_ylabel(metric)
-        ax.set_title(f"{model} · {method}")
+        ax.set_title(f"{group.title()}\n{series}", fontsize=7)
         ax.legend(fontsize=6)
-        written.append(_save_fig(fig, Path(out_dir) / f"sweep_{model}_{method}_{_slug(metric)}.png"))
+        name = f"sweep_{group.slug()}_{series}_{metric}"
+        written.append(_save_fig(fig, Path(out_dir) / f"{_slug(name)}.png"))
     return written
+
+
+def pareto_series(rows: Sequence[dict], pairs: Sequence[tuple[str, str]] = PARETO_PAIRS
+                  ) -> dict[tuple, dict[str, list[tuple[float, float, float | None]]]]:
+    """(group, benchmark, erase key, retain key) -> {legend label: [(erase, retain, ratio)]}: a line per
+    (concept, method) through its settings (ratio order), a point for the concept's unedited model, never a
+    concept, experiment, model or item count mixed into another's line or plot."""
+    out: dict[tuple, dict[str, list]] = {}
+    for t in rt.tables(rows):
+        if t.layout != "methods":
+            continue
+        for erase_key, retain_key in pairs:
+            benches = sorted({m.rsplit("/", 1)[0] for m in t.metrics if rt.short_metric(m) == erase_key})
+            for bench in benches:
+                ex, ry = f"{bench}/{erase_key}", f"{bench}/{retain_key}"
+                if ry not in t.metrics:
+                    continue
+                lines: dict[str, list] = {}
+                for concept in t.concepts:
+                    for series in dict.fromkeys(ln.series for ln in t.lines):
+                        pts = []
+                        for ln in (x for x in t.lines if x.series == series):
+                            x, y = t.cells.get((ln.label, None, concept, ex)), t.cells.get((ln.label, None, concept, ry))
+                            if x is not None and y is not None:
+                                pts.append((x, y, ln.ratio))
+                        if pts:
+                            lines[f"{concept} · {series}"] = sorted(pts, key=lambda p: (p[2] is None, p[2] or 0, p[0]))
+                if lines:
+                    out[(t.group, bench, erase_key, retain_key)] = lines
+    return out
 
 
 def pareto_plots(rows: Sequence[dict], out_dir: str | os.PathLike,
                  pairs: Sequence[tuple[str, str]] = PARETO_PAIRS) -> list[Path]:
-    """Erase (x, lower is better when erasing) against retain (y) per sweep point; one PNG per model and
-    benchmark that has both keys of a pair, points labelled by ratio, SD and random marked apart."""
+    """Erase metric (x) against retain metric (y): one PNG per group (experiment, model, item count) and
+    benchmark, a labelled line per (concept, method) through its settings, SD as a square per concept."""
     plt = _plt()
-    rows = [r for r in latest(rows) if r["value"] is not None]
     written = []
-    for erase_key, retain_key in pairs:
-        pts: dict[tuple, dict] = defaultdict(dict)
-        for r in rows:
-            short = _short(r["metric"])
-            if short in (erase_key, retain_key):
-                bench_key = r["metric"].rsplit("/", 1)[0] if "/" in r["metric"] else r["benchmark"]
-                key = (r["model"], bench_key, r["concept"], column_label(r), r.get("run_id"))
-                pts[key][short] = r["value"]
-        by_plot: dict[tuple, list] = defaultdict(list)
-        for (model, bench, concept, label, _), vals in pts.items():
-            if erase_key in vals and retain_key in vals:
-                by_plot[(model, bench)].append((concept, label, vals[erase_key], vals[retain_key]))
-        for (model, bench), points in sorted(by_plot.items()):
-            fig, ax = plt.subplots(figsize=(4.5, 4))
-            for label in sorted({p[1] for p in points}):
-                sel = [p for p in points if p[1] == label]
-                marker = "s" if label == "SD" else ("x" if label.startswith("random") else "o")
-                ax.scatter([p[2] for p in sel], [p[3] for p in sel], marker=marker, label=label, s=24)
-            ax.set_xlabel(f"{bench}/{erase_key}")
-            ax.set_ylabel(f"{bench}/{retain_key}")
-            ax.set_title(f"{model}: erase vs retain")
-            ax.legend(fontsize=6)
-            written.append(_save_fig(fig, Path(out_dir) / f"pareto_{model}_{_slug(bench)}.png"))
+    for (group, bench, erase_key, retain_key), lines in sorted(pareto_series(rows, pairs).items(),
+                                                                key=lambda kv: str(kv[0])):
+        fig, ax = plt.subplots(figsize=(5, 4))
+        colors: dict[str, str] = {}
+        for label, pts in lines.items():
+            concept, series = label.split(" · ", 1)
+            marker = "s" if series == "SD" else ("x" if series.startswith("random") else "o")
+            ls = "--" if series.startswith("random") else "-"
+            drawn = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, ls=ls, label=label,
+                            color=colors.get(concept), ms=5)
+            colors.setdefault(concept, drawn[0].get_color())
+            for x, y, ratio in pts:
+                if ratio is not None and len(pts) > 1:
+                    ax.annotate(f"{ratio:g}", (x, y), fontsize=5, xytext=(2, 2), textcoords="offset points")
+        ax.set_xlabel(f"{bench}/{erase_key}")
+        ax.set_ylabel(f"{bench}/{retain_key}")
+        ax.set_title(f"{group.title()}\nerase vs retain", fontsize=7)
+        ax.legend(fontsize=6)
+        name = f"pareto_{group.slug()}_{bench}"
+        written.append(_save_fig(fig, Path(out_dir) / f"{_slug(name)}.png"))
     return written
 
 
@@ -252,7 +247,13 @@ def write_report(results: str | os.PathLike, out_dir: str | os.PathLike) -> Path
     out_dir = Path(out_dir)
     curves = sweep_curves(rows, out_dir)
     paretos = pareto_plots(rows, out_dir)
-    body = [f"# Results ({len(rows)} rows from {results})", "", markdown_tables(rows)]
+    body = [f"# Results ({len(rows)} rows from {results})", "",
+            "Each table holds the runs of one setup (model weights, benchmark items and count, protocol); runs "
+            "of another size are their own table, never averaged in. A cell is the latest row of its point.", "",
+            "## Tables", "", markdown_tables(rows)]
+    wide = wide_tables(rows)
+    if wide:
+        body += ["## Per-class and per-label scores", "", wide]
     for title, files in (("Ratio sweeps", curves), ("Erase vs retain", paretos)):
         if files:
             body += [f"## {title}", ""] + [f"![{p.stem}]({p.name})" for p in files] + [""]

@@ -15,9 +15,11 @@ from cad.edits import ComposedEdit
 from .metric_factory import build_metrics
 from .models import erased_view, load_model, resolve_device
 from .pipeline import (
+    concept_images_cached,
     directions,
     generate_cached,
     method_edits,
+    protocol_name,
     protocol_of,
     run_id_of,
     score_folder,
@@ -56,6 +58,15 @@ def run_erase_eval(cfg: dict, run_dir: str | Path, *, logger=None, run_id: str |
         specs = {role: {**spec, "limit_per_label": int(per_label)} for role, spec in specs.items()}
     benchmarks = {role: load_benchmark(spec, data_dir=data_dir, limit=gen.get("limit")) for role, spec in specs.items()}
 
+    # protocol=reference: CAD-Amplify on an erased model takes its concept images from the base model and its
+    # gradients from the erased one (the reference code generates before it loads the erased UNet)
+    base_images = _base_model_images(cfg, plugin) and (erase_plugin is not None or bool(model.get("checkpoint")))
+    if base_images and model.get("checkpoint"):
+        with timed("load the base model (concept images)"):
+            base = load_model({**model, "checkpoint": None}, device=cfg.get("device", "auto"),
+                              toy_kit=cfg["paths"].get("toy_kit"))
+        concept, retained = _with_images(base, concept, retained, cfg, outputs)
+        del base
     with timed("load model"):
         loaded = load_model(model, device=cfg.get("device", "auto"), toy_kit=cfg["paths"].get("toy_kit"))
     erase_edit = None
@@ -64,6 +75,9 @@ def run_erase_eval(cfg: dict, run_dir: str | Path, *, logger=None, run_id: str |
         # (CAD-Amplify) on the erased model; the variants compare base, erased and recalled side by side.
         with timed(f"erase with {erase_plugin.name}"):
             erase_edit, _, _ = method_edits(erase_plugin, loaded, concept, [], cfg, outputs)
+        if base_images and not concept.get("images"):
+            # rendered now, before the erased weights are applied
+            concept, retained = _with_images(loaded, concept, retained, cfg, outputs)
         with erase_edit.applied(loaded.pipe), timed(f"method {plugin.name} on the erased model"):
             erased = erased_view(loaded, erase_plugin.name, erase_edit)
             edit, controls, info = method_edits(plugin, erased, concept, retained, cfg, outputs)
@@ -114,10 +128,12 @@ def run_erase_eval(cfg: dict, run_dir: str | Path, *, logger=None, run_id: str |
             e = variants[variant]
             rows += make_rows(run=run, variant=variant, benchmark=bench.key, metrics=results,
                               directions=directions(metrics, results, bench.name),
-                              protocol=protocol_of(model, gen, bench, proto, loaded),
+                              protocol=protocol_of(model, gen, bench, proto, loaded, protocol_name(cfg)),
                               edit_fingerprint=None if e is None else e.fingerprint)
         # the target's columns first on the target benchmark; a retain benchmark (another kind) shows every class
         _log_grid(logger, bench, folders, run_dir, concept.get("label", concept["name"]) if role == "target" else None)
+    if run.get("erase_method") is not None:  # Table 6's lines: which method erased what the edit recalls
+        rows = [{**r, "erase_method": run["erase_method"]} for r in rows]
     write_metrics(run_dir, payload)
     if rows:
         append_rows(outputs / "results.jsonl", rows)
@@ -127,6 +143,23 @@ def run_erase_eval(cfg: dict, run_dir: str | Path, *, logger=None, run_id: str |
         logger.log_table("results", rows)
     payload["rows"] = len(rows)
     return payload
+
+
+def _base_model_images(cfg: dict, plugin) -> bool:
+    """Whether amplify_erased renders the concept images with the base model (attribution.image_model=base)
+    rather than letting the attribution generate them with the erased model: only for an amplify objective that
+    generates its images (no attribution.images folder given)."""
+    att = cfg.get("attribution") or {}
+    return (getattr(plugin, "objective", None) == "amplify" and not att.get("images")
+            and str(att.get("image_model", "erased")) == "base")
+
+
+def _with_images(source, concept: dict, retained: list[dict], cfg: dict, outputs: Path) -> tuple[dict, list[dict]]:
+    """The concept and retained concepts with `images`: folders of concept images rendered by `source`."""
+    def add(c: dict) -> dict:
+        return {**c, "images": str(concept_images_cached(source, c, cfg["attribution"], cfg["model"], outputs))}
+
+    return add(concept), [add(c) for c in retained]
 
 
 def _edit_info(edit) -> dict:
@@ -159,7 +192,9 @@ def summary_lines(payload: dict) -> list[str]:
     if not metrics:
         return ["(no scores: sharded generation run; rerun with generation.num_shards=1 to score)"]
     variants = list(metrics)
-    keys = [k for k in metrics[variants[0]] if "/acc/" not in k and "/lpips/" not in k and "/nudenet/" not in k]
+    per_label = ("acc", "lpips", "toy_lpips", "nudenet", "toy_detector")  # per-class entries stay in metrics.json
+    # every variant's keys: paired metrics (LPIPS) have none for the original images they compare against
+    keys = [k for k in dict.fromkeys(k for v in variants for k in metrics[v]) if not any(f"/{p}/" in k for p in per_label)]
     run = payload["run"]
     width = max(len(k) for k in keys) if keys else 10
     ratio = f", ratio {run['ratio']:g}" if run.get("ratio") is not None else ""

@@ -83,11 +83,13 @@ def run_fidelity(cfg: dict, run_dir: str | Path, *, logger=None) -> dict:
     with timed("attribution"):
         scores, scores_dir, reused = attribute_cached(loaded, concept, cfg["attribution"], model, outputs,
                                                       objective="erase", space=method.get("space", "ff"),
-                                                      force=bool(method.get("allow_other_model", False)))
+                                                      force=bool(method.get("allow_other_model", False)),
+                                                      protocol=(cfg.get("protocol") or {}).get("name"))
     res = int(model["resolution"])
     kw = dict(base_prompt=concept.get("base_prompt", ""), steps=int(f.get("steps", cfg["attribution"]["steps"])),
               guidance=float(cfg["attribution"]["guidance"]), num_samples=int(f.get("num_samples", 1)),
-              seed=int(cfg["attribution"].get("seed", 0)), height=res, width=res)
+              seed=int(cfg["attribution"].get("seed", 0)), height=res, width=res,
+              schedule_steps=cfg["attribution"].get("schedule_steps"))  # the scores' timesteps
     pipe, prompt = loaded.backbone, concept["prompt"]
     # The unedited pass: its x_t and base predictions are held fixed for every ablation (base_target="fixed"),
     # which is the J whose first-order change the scores predict.
@@ -110,7 +112,7 @@ def run_fidelity(cfg: dict, run_dir: str | Path, *, logger=None) -> dict:
            "concept": concept["name"], "method": "random_ablation", "ratio": None, "sign": "positive",
            "granularity": method.get("granularity", "row"), "scores_path": str(scores_dir)}
     metrics = {"fidelity/pearson_r": r, "fidelity/n_ablations": float(n)}
-    protocol = {"steps": kw["steps"], "guidance": kw["guidance"], "scheduler": model.get("scheduler"),
+    protocol = {"name": (cfg.get("protocol") or {}).get("name"), "steps": kw["steps"], "guidance": kw["guidance"], "scheduler": model.get("scheduler"),
                 "seeds": f"attribution seed {kw['seed']}, ablation seeds {points[0]['seed']}..{points[-1]['seed']}",
                 "resolution": res, "ratios": ratios, "objective": "erase", "base_target": "fixed",
                 "unet_fingerprint": loaded.fingerprint}

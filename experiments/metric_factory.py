@@ -1,7 +1,10 @@
 """Metric objects for a benchmark's `metrics:` list, given the model (toy kit or real backbones) and concept.
 
 Real runs load the paper's backbones (ResNet-50, CLIP ViT-B/32, Inception, NudeNet, LPIPS-alex); the toy
-world injects its kit's classifier, CLIP and FID features, so the same names work at micro size.
+world injects its kit's classifier, CLIP and FID features (with the kit's shipped reference statistics), so the
+same names work at micro size. Where the paper's backbone has no toy counterpart, the toy metric is named for
+what it is: `toy_lpips` (the LPIPS formula on the kit classifier's features, uniform weights) and
+`toy_detector` (images the kit classifier calls the concept with p >= 0.5, NudeNet's image count).
 """
 
 from __future__ import annotations
@@ -9,7 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-PAIRED = ("lpips",)  # metrics that compare edited images with the original model's images
+PAIRED = ("lpips", "toy_lpips")  # metrics that compare edited images with the original model's images
+TOY_ONLY = ("toy_lpips", "toy_detector")  # metrics built from the toy kit's own networks
+TOY_DETECTOR_THRESHOLD = 0.5  # NudeNet's threshold in the paper, applied to the toy classifier's probability
 
 
 def _toy_kind(benchmark) -> str | None:
@@ -25,7 +30,14 @@ def _toy_kind(benchmark) -> str | None:
 def build_metrics(names, *, benchmark, concept: dict, goal: str, kit: Any = None, device: str = "cpu",
                   fid_reference: str | None = None) -> dict[str, Any]:
     """name -> Metric for one benchmark. `goal` is erase or amplify (which way the target accuracy should go)."""
-    from evaluation.metrics import FID, ClassifierAccuracy, ClipScore, LPIPSMetric, NudeNetMetric
+    from evaluation.metrics import (
+        FID,
+        ClassifierAccuracy,
+        ClipScore,
+        ConceptDetector,
+        LPIPSMetric,
+        NudeNetMetric,
+    )
 
     out: dict[str, Any] = {}
     labels = benchmark.labels
@@ -33,6 +45,9 @@ def build_metrics(names, *, benchmark, concept: dict, goal: str, kit: Any = None
     # whatever device generates them.
     toy_device = "cpu"
     for name in names:
+        if name in TOY_ONLY and kit is None:
+            raise ValueError(f"metric {name!r} on {benchmark.name!r} is built from the toy kit's networks: run it "
+                             "with model=toy, or use the real metric (lpips, nudenet)")
         if name == "classifier_accuracy":
             if kit is not None:
                 from cad.toy.world import KINDS
@@ -51,6 +66,10 @@ def build_metrics(names, *, benchmark, concept: dict, goal: str, kit: Any = None
             out[name] = ClipScore.for_toy_kit(kit, device=toy_device) if kit is not None else ClipScore(device=device)
         elif name == "fid":
             ref = fid_reference or (benchmark.meta or {}).get("fid_reference")
+            if not ref and kit is not None:
+                # the kit ships its features' statistics over rendered world images: the toy "real" set
+                out[name] = FID.for_toy_kit(kit)
+                continue
             if not ref:
                 raise ValueError(f"FID on {benchmark.name!r} needs a folder of reference images: set "
                                  f"benchmark.meta.fid_reference=<folder of COCO val2014 images> (or "
@@ -63,15 +82,17 @@ def build_metrics(names, *, benchmark, concept: dict, goal: str, kit: Any = None
             out[name] = NudeNetMetric()
         elif name == "lpips":
             if kit is not None:
-                from evaluation.metrics import FeatureLPIPS
-
-                out[name] = LPIPSMetric(concept["label"], distance=FeatureLPIPS(kit.classifier.body[:-2]),
-                                        weights="toy kit classifier conv features")
-            else:
-                out[name] = LPIPSMetric(concept["label"])
+                raise ValueError(f"benchmark {benchmark.name!r} lists lpips, whose AlexNet and learned heads do not "
+                                 "apply to toy images: list toy_lpips (the LPIPS formula on the toy classifier's "
+                                 "features) instead")
+            out[name] = LPIPSMetric(concept["label"])
+        elif name == "toy_lpips":
+            out[name] = LPIPSMetric.for_toy_kit(kit, concept["label"])
+        elif name == "toy_detector":
+            out[name] = ConceptDetector.for_toy_kit(kit, concept["label"], threshold=TOY_DETECTOR_THRESHOLD)
         else:
             raise ValueError(f"unknown metric {name!r} in benchmark {benchmark.name!r}; known: classifier_accuracy, "
-                             "clip_score, fid, nudenet, lpips")
+                             "clip_score, fid, nudenet, lpips, toy_lpips, toy_detector")
     return out
 
 
@@ -92,7 +113,7 @@ class MetricPreflightError(ValueError):
     provide them."""
 
 
-KNOWN_METRICS = ("classifier_accuracy", "clip_score", "fid", "nudenet", "lpips")
+KNOWN_METRICS = ("classifier_accuracy", "clip_score", "fid", "nudenet", "lpips", *TOY_ONLY)
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
@@ -100,8 +121,8 @@ def preflight_metrics(names, spec: dict, *, toy: bool, offline: bool | None = No
     """Locate (offline) or fetch into the cache (online) every metric's weights and reference data, without
     building the metrics; returns what was found, one line per metric. Runs before the model loads.
 
-    The toy world's evaluators are the kit's own (checked with the kit); only FID's reference folder applies
-    there. Real runs need ResNet-50 (classifier_accuracy), CLIP ViT-B/32 OpenAI (clip_score), InceptionV3 and a
+    The toy world's evaluators are the kit's own (checked with the kit); FID there uses the kit's shipped
+    statistics unless a reference folder is set, and the toy-only metrics (toy_lpips, toy_detector) need it. Real runs need ResNet-50 (classifier_accuracy), CLIP ViT-B/32 OpenAI (clip_score), InceptionV3 and a
     reference image folder (fid), AlexNet (lpips) and NudeNet's bundled detector (nudenet).
     """
     from evaluation.metrics.base import WeightsUnavailableError, offline_mode
@@ -113,9 +134,15 @@ def preflight_metrics(names, spec: dict, *, toy: bool, offline: bool | None = No
     for name in names:
         if name not in KNOWN_METRICS:
             raise MetricPreflightError(f"unknown metric {name!r}; known: {', '.join(KNOWN_METRICS)}")
+        if name in TOY_ONLY and not toy:
+            raise MetricPreflightError(f"metric {name!r} is built from the toy kit's networks and runs only with "
+                                       "model=toy; list the real metric (lpips, nudenet) for this model")
         try:
             if name == "fid":
-                found.append(f"fid reference: {_fid_reference(spec)}")
+                if toy and not (spec.get("meta") or {}).get("fid_reference"):
+                    found.append("fid reference: the toy kit's fid_reference.safetensors")
+                else:
+                    found.append(f"fid reference: {_fid_reference(spec)}")
             if toy:
                 continue
             if name == "classifier_accuracy":

@@ -21,24 +21,45 @@ from .models import LoadedModel
 log = logging.getLogger("cad.experiments")
 
 
+def image_prompt_of(concept: dict, attribution: dict) -> str:
+    """CAD-Amplify's image-generation prompt: attribution.image_prompt, else the concept's (set by the
+    protocol: "a photo of church" under reference), else the concept prompt."""
+    return str(attribution.get("image_prompt") or concept.get("image_prompt") or concept["prompt"])
+
+
 def attribution_settings(model: dict, concept: dict, objective: str, space: str, attribution: dict) -> dict:
-    """Everything that determines the scores (and so names their cache folder)."""
-    return {
-        "prompt": concept["prompt"], "base_prompt": concept.get("base_prompt", ""),
+    """Everything that determines the scores (and so names their cache folder). `prompt` is the one the objective
+    is conditioned on: for amplify the concept's amplify_prompt where it has one (the bare target under the
+    reference protocol), else its prompt."""
+    prompt = concept["prompt"]
+    if objective == "amplify" and concept.get("amplify_prompt"):
+        prompt = concept["amplify_prompt"]
+    settings = {
+        "prompt": prompt, "base_prompt": concept.get("base_prompt", ""),
         "objective": objective, "space": space,
         "steps": int(attribution["steps"]), "guidance": float(attribution["guidance"]),
         "num_samples": int(attribution.get("num_samples", 1)), "seed": int(attribution.get("seed", 0)),
         "estimator": attribution.get("estimator", "trajectory") if objective == "erase" else "direct",
-        "resolution": int(model["resolution"]), "images": attribution.get("images"),
+        "resolution": int(model["resolution"]), "images": concept.get("images") or attribution.get("images"),
     }
+    schedule = attribution.get("schedule_steps")
+    if schedule is not None and int(schedule) != settings["steps"]:  # other timesteps than a `steps` schedule
+        settings["schedule_steps"] = int(schedule)
+    if objective == "amplify" and settings["images"] is None:  # the images it generates
+        settings.update(image_prompt=image_prompt_of(concept, attribution),
+                        num_images=int(attribution.get("num_images", 8)),
+                        image_guidance=float(attribution.get("image_guidance", model["guidance"])))
+    return settings
 
 
 def attribute_cached(loaded: LoadedModel, concept: dict, attribution: dict, model: dict, outputs: Path, *,
-                     objective: str = "erase", space: str = "ff", force: bool = False) -> tuple[Any, Path, bool]:
+                     objective: str = "erase", space: str = "ff", force: bool = False,
+                     protocol: str | None = None) -> tuple[Any, Path, bool]:
     """Scores from the cache folder named by the model fingerprint and settings, computed once if absent.
 
     Returns (scores, folder, reused). Scores given explicitly (attribution.scores) are checked against the
     loaded denoiser (cad.scores raises ScoresMismatchError for another model's scores unless force).
+    `protocol` (reference, cad) is recorded in the scores' meta; the settings it chose name the folder.
     """
     from cad.attribution import attribute
     from cad.scores import AttributionScores
@@ -56,11 +77,11 @@ def attribute_cached(loaded: LoadedModel, concept: dict, attribution: dict, mode
                        base_prompt=settings["base_prompt"], steps=settings["steps"], guidance=settings["guidance"],
                        num_samples=settings["num_samples"], seed=settings["seed"],
                        estimator=attribution.get("estimator", "trajectory"), space=space,
-                       images=settings["images"], image_prompt=attribution.get("image_prompt") or None,
+                       images=settings["images"], image_prompt=image_prompt_of(concept, attribution),
                        num_images=int(attribution.get("num_images", 8)),
                        image_guidance=float(attribution.get("image_guidance", model["guidance"])),
-                       height=res, width=res, progress=False)
-    scores.meta.update(model_id=str(model["id"]), model_key=loaded.key, settings=settings)
+                       schedule_steps=settings.get("schedule_steps"), height=res, width=res, progress=False)
+    scores.meta.update(model_id=str(model["id"]), model_key=loaded.key, settings=settings, protocol=protocol)
     scores.save(folder)
     return scores, folder, False
 
@@ -83,7 +104,7 @@ def method_edits(method, loaded: LoadedModel, concept: dict, retained: list[dict
 
     def scores(c: dict, objective: str, space: str):
         s, folder, reused = attribute_cached(loaded, c, attribution, model, outputs, objective=objective,
-                                             space=space, force=force)
+                                             space=space, force=force, protocol=protocol_name(cfg))
         used.append((folder, reused))
         return s
 
@@ -126,6 +147,43 @@ def method_edits(method, loaded: LoadedModel, concept: dict, retained: list[dict
         info["scores_path"] = str(used[0][0])
         info["attribution_reused"] = used[0][1]  # the target concept's scores (retained ones follow)
     return edit, controls, info
+
+
+def protocol_name(cfg: dict) -> str | None:
+    """The run's protocol (conf/protocol: reference or cad)."""
+    return (cfg.get("protocol") or {}).get("name")
+
+
+def concept_images_cached(loaded: LoadedModel, concept: dict, attribution: dict, model: dict, outputs: Path) -> Path:
+    """CAD-Amplify's concept images rendered by the model as it is now, as PNGs in a folder named by its weights
+    and the generation settings, written once (meta.json last marks it complete). amplify_erased renders them
+    with the base model before the erased weights are applied, as the reference code does
+    (compute_negative_neurons.py generates before loading the erased UNet); meta.json records which model."""
+    import torch
+
+    from cad.io import atomic_save_image
+
+    res = int(model["resolution"])
+    spec = {"prompt": image_prompt_of(concept, attribution), "num_images": int(attribution.get("num_images", 8)),
+            "steps": int(attribution["steps"]), "guidance": float(attribution.get("image_guidance", model["guidance"])),
+            "seed": int(attribution.get("seed", 0)), "resolution": res}
+    folder = outputs / "concept_images" / loaded.cache_key / concept["name"] / stable_hash(spec)
+    if (folder / "meta.json").is_file():
+        return folder
+    gen = torch.Generator("cpu").manual_seed(spec["seed"])
+    batch, n, done = int(attribution.get("batch_size") or 8), spec["num_images"], 0
+    with timed(f"render {n} concept images with {loaded.key}"):
+        while done < n:
+            m = min(batch, n - done)
+            out = loaded.pipe(spec["prompt"], num_images_per_prompt=m, num_inference_steps=spec["steps"], height=res,
+                              width=res, generator=gen, **loaded.backbone.call_kwargs(spec["guidance"]))
+            for img in out.images:
+                atomic_save_image(folder / f"{done:04d}.png", img)
+                done += 1
+    atomic_write_json(folder / "meta.json", {**spec, "model_key": loaded.key, "unet_fingerprint": loaded.fingerprint,
+                                             "pipeline_fingerprint": loaded.pipeline_fingerprint,
+                                             "checkpoint": loaded.checkpoint})
+    return folder
 
 
 def sampler_of(model: dict, generation: dict) -> dict:
@@ -186,10 +244,13 @@ def directions(metrics: dict, results: dict, benchmark_name: str) -> dict[str, b
     return out
 
 
-def protocol_of(model: dict, generation: dict, benchmark, score_protocol: dict, loaded: LoadedModel) -> dict:
+def protocol_of(model: dict, generation: dict, benchmark, score_protocol: dict, loaded: LoadedModel,
+                name: str | None = None) -> dict:
+    """What a result row was measured under; `name` is the run's attribution protocol (reference or cad)."""
     backbones = {name: p.get("backbone_weights") or p.get("weights") or p.get("feature_name")
                  or p.get("detector") for name, p in score_protocol.get("metrics", {}).items()}
-    return {"steps": int(model["steps"]), "guidance": float(model["guidance"]), "scheduler": model.get("scheduler"),
+    return {"name": name, "steps": int(model["steps"]), "guidance": float(model["guidance"]),
+            "scheduler": model.get("scheduler"),
             "seeds": generation.get("seed_mode", "per_item"), "resolution": int(model["resolution"]),
             "dtype": model.get("dtype"), "backbones": backbones, "n_items": len(benchmark),
             "benchmark_items_hash": (benchmark.meta or {}).get("items_hash"), "unet_fingerprint": loaded.fingerprint,

@@ -52,6 +52,8 @@ def make_rows(*, run: Mapping[str, Any], variant: str, benchmark: str, metrics: 
             "higher_is_better": directions.get(key), "protocol": dict(protocol),
             "edit_fingerprint": edit_fingerprint, "scores_path": run.get("scores_path"),
             "retain": run.get("retain"), "method_settings": run.get("method_settings"),
+            # amplify_erased: the method (and its settings) that erased the concept first
+            "erase_method": run.get("erase_method"),
         })
     return rows
 

@@ -2,7 +2,7 @@
 
     python -m experiments.run                                   # toy world main job (make run)
     python -m experiments.run experiment=object_erasure model=sd14 concept=church
-    python -m experiments.run -m method.ratio=0.001,0.003,0.01 concept=church,parachute model=sd14
+    python -m experiments.run -m experiment=object_erasure method.ratio=0.001,0.003,0.01 concept=church,parachute model=sd14
 """
 
 from __future__ import annotations

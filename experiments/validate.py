@@ -40,7 +40,8 @@ def _options(group: str) -> list[str]:
 # Keys an option may carry without its yaml file listing them (read with .get(...) by the runners).
 OPTIONAL_KEYS: dict[str, set[str]] = {
     "model": {"checkpoint", "scheduler", "vae_scale_factor", "family", "backbone"},
-    "concept": {"toy", "kind", "label", "base_prompt", "negative_prompt", "images"},
+    "concept": {"toy", "kind", "label", "base_prompt", "negative_prompt", "images", "prompts", "image_prompt",
+                "amplify_prompt"},
     "benchmark": {"limit_per_label", "subset", "meta", "limit", "description"},
     "attribution": {"images", "batch_size", "scores"},
     "generation": set(),
@@ -145,6 +146,13 @@ def check_schema(cfg: Mapping[str, Any]) -> None:
             from evaluation.benchmarks import _SPEC_KEYS
 
             _unknown(spec, set(_SPEC_KEYS) | OPTIONAL_KEYS["benchmark"], f"retain.{role}.")
+    protocol = cfg.get("protocol")
+    if isinstance(protocol, Mapping):  # conf/protocol options are global-package files: their keys are the schema
+        _unknown(protocol, globals_.get("protocol", set()), "protocol.")
+        if protocol.get("name") not in _options("protocol"):
+            raise ConfigError(f"protocol.name={protocol.get('name')!r} is not a protocol; choose protocol=reference "
+                              f"(the authors' code's settings) or protocol=cad (conf/protocol: "
+                              f"{', '.join(_options('protocol'))})")
 
 
 def check_names(cfg: Mapping[str, Any], concept: Mapping[str, Any] | None = None) -> None:
@@ -253,6 +261,16 @@ def check_numbers(cfg: Mapping[str, Any]) -> None:
     for what, value in seeds:
         if value is not None:
             _number(value, what, lo=0, integer=True, fix="seeds are non-negative integers, e.g. 0")
+    if att.get("num_images") is not None:
+        _number(att["num_images"], "attribution.num_images", lo=1, integer=True,
+                fix="CAD-Amplify needs at least one concept image, e.g. 50")
+    if att.get("schedule_steps") is not None:
+        _number(att["schedule_steps"], "attribution.schedule_steps", lo=max(1, int(att.get("steps") or 1)),
+                integer=True, fix="the trajectory takes attribution.steps timesteps of a schedule this long (the "
+                "reference's 50), so it must be >= attribution.steps; or null for a schedule of exactly steps")
+    if att.get("image_model") not in (None, "base", "erased"):
+        raise ConfigError(f"attribution.image_model={att.get('image_model')!r}; use base (CAD-Amplify on an erased "
+                          "model renders its concept images with the base model) or erased (with the erased model)")
     for i, r in enumerate(fid.get("ratios") or []):
         _number(r, f"fidelity.ratios[{i}]", lo=0, fix="ratios are fractions in [0, 1]")
         if float(r) > 1:
@@ -296,14 +314,18 @@ def check_device(device: Any) -> None:
         raise ConfigError(f"device={text} but MPS is not available here; use device=cpu or device=auto")
 
 
-def load_concept(name: str) -> dict:
-    """A concept option as a plain dict (used to swap in a real concept's toy-world stand-in)."""
+def load_concept(name: str, protocol: str | None = None) -> dict:
+    """A concept option as a plain dict (a real concept's toy-world stand-in, retained concepts), its prompts
+    resolved for `protocol` (conf/protocol; None: reference, the default) as the composed config resolves them."""
     path = CONF_DIR / "concept" / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"unknown concept {name!r}; choose one of: {', '.join(_options('concept'))}")
     import yaml
+    from omegaconf import OmegaConf
 
-    return yaml.safe_load(path.read_text())
+    raw = yaml.safe_load(path.read_text())
+    view = OmegaConf.create({"protocol": {"name": protocol or "reference"}, "concept": raw})
+    return OmegaConf.to_container(view.concept, resolve=True)
 
 
 def effective_concept(concept: Mapping[str, Any], model_name: str) -> dict:
@@ -396,7 +418,58 @@ def check_benchmarks(specs: Mapping[str, Any], data_dir: str | None) -> None:
                               f"cannot be loaded: {err}") from err
 
 
-def retain_concepts(method: Mapping[str, Any], concept: Mapping[str, Any], model_name: str) -> list[dict]:
+# Metrics that split a benchmark's items by the target concept's label (acc_target / acc_others, LPIPS
+# erased / others): on the target benchmark that label must be one of its classes.
+LABELLED_METRICS = ("classifier_accuracy", "lpips", "toy_lpips")
+
+
+def benchmark_labels(spec: Any, data_dir: str | None = None) -> list[str] | None:
+    """The class labels of a benchmark spec, known before any model loads: the toy world's vocabulary for a
+    toy generator, the prompt file's label column otherwise; None when the file cannot be read here (then
+    check_benchmarks reports why)."""
+    from evaluation.benchmarks import load_benchmark, load_spec
+
+    try:
+        spec = load_spec(spec)
+    except ValueError:
+        return None
+    source = spec.get("source") or {}
+    if isinstance(source, Mapping) and source.get("generator") == "toy":
+        from cad.toy.world import KINDS
+
+        fields = re.findall(r"{(\w+)}", str(source.get("template", "")))
+        field = source.get("label", fields[-1] if fields else None)
+        return list(KINDS[field]) if field in KINDS else None
+    try:
+        return load_benchmark(spec, data_dir=data_dir).labels
+    except Exception:  # noqa: BLE001 - a missing or broken file is check_benchmarks' error to report
+        return None
+
+
+def check_target_label(spec: Any, concept: Mapping[str, Any], data_dir: str | None = None) -> None:
+    """The target benchmark has the concept's label as a class where its metrics need one (otherwise
+    acc_target would silently score a placeholder class). Retention benchmarks of another kind are fine."""
+    if not isinstance(spec, Mapping) or not any(m in LABELLED_METRICS for m in spec.get("metrics") or []):
+        return
+    labels = benchmark_labels(spec, data_dir)
+    label = concept.get("label")
+    if labels is None or label in labels:
+        return
+    fits = []
+    for option in _options("benchmark"):
+        other = _yaml(CONF_DIR / "benchmark" / f"{option}.yaml")[0]
+        if any(m in LABELLED_METRICS for m in other.get("metrics") or []) and \
+                label in (benchmark_labels(other, data_dir) or []):
+            fits.append(option)
+    fix = (f"choose benchmark={' or benchmark='.join(fits)}, whose labels include {label!r}" if fits
+           else "choose a benchmark whose labels include it")
+    raise ConfigError(f"concept {concept.get('name')!r} (label {label!r}) is not a class of the target benchmark "
+                      f"{spec.get('name')!r}, whose labels are: {', '.join(map(str, labels))}; {fix}, or a "
+                      "concept among those labels")
+
+
+def retain_concepts(method: Mapping[str, Any], concept: Mapping[str, Any], model_name: str,
+                    protocol: str | None = None) -> list[dict]:
     """The concepts method.retain names, as effective concepts: a list of concept options, or "siblings" (every
     concept option of the target's kind, e.g. the other toy colours for red, the other Imagenette classes for
     church). Empty when method.retain is unset."""
@@ -414,7 +487,7 @@ def retain_concepts(method: Mapping[str, Any], concept: Mapping[str, Any], model
         names = list(spec)
     out = []
     for name in names:
-        c = effective_concept(load_concept(name), model_name)
+        c = effective_concept(load_concept(name, protocol), model_name)
         if c["name"] == concept["name"]:
             raise ConfigError(f"method.retain names the erased concept itself ({name!r} -> {c['name']!r}); drop it")
         if all(c["name"] != o["name"] for o in out):
@@ -456,7 +529,7 @@ def plan_run(cfg: Mapping[str, Any]) -> RunPlan:
                           "cad_erase> (erased here) or model.checkpoint=<the erased model's weights>")
     concept = effective_concept(cfg["concept"], cfg["model"]["name"])
     check_names(cfg, concept)
-    retained = retain_concepts(cfg["method"], concept, cfg["model"]["name"])
+    retained = retain_concepts(cfg["method"], concept, cfg["model"]["name"], (cfg.get("protocol") or {}).get("name"))
     if retained and cfg.get("attribution", {}).get("scores"):
         raise ConfigError("attribution.scores and method.retain together: given scores are used as they are; "
                           "unset attribution.scores to rank against the retained concepts")
@@ -466,6 +539,7 @@ def plan_run(cfg: Mapping[str, Any]) -> RunPlan:
         raise ConfigError(f"generation.shard={gen.get('shard')} must be in 0..num_shards-1 "
                           f"(num_shards={gen.get('num_shards')})")
     if cfg.get("task", "erase_eval") == "erase_eval":
+        check_target_label(cfg.get("benchmark"), concept, (cfg.get("paths") or {}).get("data"))
         check_metrics(cfg)
     return RunPlan(concept, method, erase_method, retained)
 

@@ -3,12 +3,14 @@
 from .base import Metric, WeightsUnavailableError
 from .classifier import IMAGENETTE, ClassifierAccuracy, load_resnet50
 from .clip_score import ClipScore, load_openai_clip
+from .detector import ConceptDetector, count_at_least
 from .fid import FID, load_inception
-from .lpips import FeatureLPIPS, LPIPSMetric, load_lpips_alexnet
+from .lpips import FeatureLPIPS, LPIPSMetric, SequentialTaps, load_lpips_alexnet
 from .nudenet import NUDENET_LABELS, NudeNetDetector, NudeNetMetric, count_detections, load_nudenet_detector
 
 __all__ = [
-    "FID", "IMAGENETTE", "NUDENET_LABELS", "ClassifierAccuracy", "ClipScore", "FeatureLPIPS", "LPIPSMetric",
-    "Metric", "NudeNetDetector", "NudeNetMetric", "WeightsUnavailableError", "count_detections", "load_inception",
+    "FID", "IMAGENETTE", "NUDENET_LABELS", "ClassifierAccuracy", "ClipScore", "ConceptDetector", "FeatureLPIPS",
+    "LPIPSMetric", "Metric", "NudeNetDetector", "NudeNetMetric", "SequentialTaps", "WeightsUnavailableError",
+    "count_at_least", "count_detections", "load_inception",
     "load_lpips_alexnet", "load_nudenet_detector", "load_openai_clip", "load_resnet50",
 ]

@@ -115,8 +115,9 @@ class FID(Metric):
                  features: torch.nn.Module | None = None,
                  feature_name: str | None = None, image_size: int | None = None, reference_limit: int | None = None,
                  cache_dir: str | os.PathLike | None = None, batch_size: int = 32, weights_path: str | None = None,
-                 offline: bool | None = None, device: str = "cpu") -> None:
+                 offline: bool | None = None, device: str = "cpu", reference_source: str | None = None) -> None:
         super().__init__()
+        self.reference_source = reference_source  # what made precomputed statistics, for the protocol
         from torchmetrics.image.fid import FrechetInceptionDistance
 
         if (reference_dir is None) == (reference is None):
@@ -148,9 +149,10 @@ class FID(Metric):
     @classmethod
     def for_toy_kit(cls, kit: Any, reference_dir: str | os.PathLike | None = None, **kw) -> FID:
         """The toy world's features; against a folder if given, else the kit's shipped reference statistics."""
-        kw.setdefault("feature_name", "toy kit fid_features")
+        kw.setdefault("feature_name", "toy kit fid_features (classifier penultimate features)")
         if reference_dir is None:
             kw.setdefault("reference", kit.fid_reference())
+            kw.setdefault("reference_source", toy_reference_source(kit))
         return cls(reference_dir, features=kit.fid_features, **kw)
 
     def reset(self) -> None:
@@ -229,10 +231,20 @@ class FID(Metric):
         ref = self._reference or {}
         return {"backbone_weights": self.feature_name,
                 "reference_dir": str(self.reference_dir) if self.reference_dir else "precomputed statistics",
+                "reference_source": self.reference_source,
                 "reference_n": ref.get("n"), "reference_fingerprint": ref.get("folder_fingerprint"),
                 "reference_cache": ref.get("cache"), "image_size": self.image_size,
                 "resize": "centre square crop + bicubic" if self.image_size else "native (Inception resizes to 299)",
                 "implementation": "torchmetrics FrechetInceptionDistance"}
+
+
+def toy_reference_source(kit: Any) -> str:
+    """What made a toy kit's shipped FID statistics (cad.toy.kit.train_kit writes them beside the models)."""
+    seed = (getattr(kit, "manifest", None) or {}).get("seed")
+    where = getattr(kit, "path", None)
+    return (f"{where}/fid_reference.safetensors: mean/cov of the kit classifier's features over rendered world "
+            f"images (cad.toy.render.render_dataset, seed {seed} + 7, written by cad.toy.kit.train_kit)"
+            if where else "injected toy reference statistics")
 
 
 def _fresh_like(fid):

@@ -91,6 +91,34 @@ class FeatureLPIPS(torch.nn.Module):
         return total
 
 
+class SequentialTaps(torch.nn.Module):
+    """The outputs of chosen layers of an nn.Sequential, as the feature pyramid FeatureLPIPS compares.
+
+    Inputs are resized (bilinear, antialiased) to `size` first when given, as the net's own forward does.
+    """
+
+    def __init__(self, body: torch.nn.Sequential, indices: Sequence[int], size: int | None = None) -> None:
+        super().__init__()
+        if not indices or max(indices) >= len(body):
+            raise ValueError(f"tap indices {list(indices)} must name layers of a {len(body)}-layer Sequential")
+        self.body, self.indices, self.size = body, tuple(sorted(indices)), size
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.size is not None and tuple(x.shape[-2:]) != (self.size, self.size):
+            x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True,
+                                                align_corners=False)
+        out = []
+        for i, layer in enumerate(self.body[: self.indices[-1] + 1]):
+            x = layer(x)
+            if i in self.indices:
+                out.append(x)
+        return out
+
+
+TOY_LPIPS_WEIGHTS = ("perceptual distance on toy-classifier features (LPIPS formula over the kit classifier's 3 "
+                     "conv blocks, uniform channel weights: no learned linear heads exist for it)")
+
+
 class LPIPSMetric(Metric):
     """Mean LPIPS(original, edited) for the erased artist, the other artists pooled, and per artist.
 
@@ -111,17 +139,30 @@ class LPIPSMetric(Metric):
 
     def __init__(self, target: str, *, distance: Callable | None = None, weights: str | None = None,
                  reference_dir: str | os.PathLike | None = None, batch_size: int = 16,
-                 offline: bool | None = None, device: str = "cpu") -> None:
+                 offline: bool | None = None, device: str = "cpu", key: str = "lpips") -> None:
         super().__init__()
+        self.name = key  # result keys read <key>_erased, <key>_others, <key>/<label>
         self.reference_dir = Path(reference_dir) if reference_dir is not None else None
         if distance is None:
             distance = load_lpips_alexnet(offline=offline, device=device)
             weights = weights or LPIPS_WEIGHTS
         self.target, self.distance, self.batch_size, self.device = str(target), distance, batch_size, device
         self.weights = weights or f"injected:{type(distance).__name__}"
-        self.higher_is_better = {"lpips_erased": True, "lpips_others": False, "lpips/": False,
-                                 f"lpips/{self.target}": True}
+        self.higher_is_better = {f"{key}_erased": True, f"{key}_others": False, f"{key}/": False,
+                                 f"{key}/{self.target}": True}
         self.reset()
+
+    @classmethod
+    def for_toy_kit(cls, kit: Any, target: str, **kw) -> LPIPSMetric:
+        """`toy_lpips`: the LPIPS formula over the toy classifier's conv blocks (32, 16 and 8 px maps), with
+        uniform channel weights, since there are no honest learned heads for these features. Named for what
+        it is: a perceptual distance on toy-classifier features, not LPIPS(alex)."""
+        clf = kit.classifier
+        taps = [i for i, layer in enumerate(clf.body) if isinstance(layer, torch.nn.Sequential)]  # the conv blocks
+        kw.setdefault("weights", TOY_LPIPS_WEIGHTS)
+        kw.setdefault("key", "toy_lpips")
+        return cls(target, distance=FeatureLPIPS(SequentialTaps(clf.body, taps, getattr(clf, "image_size", None))),
+                   **kw)
 
     def reset(self) -> None:
         super().reset()
@@ -164,9 +205,10 @@ class LPIPSMetric(Metric):
         t = normalize_name(self.target)
         erased = [d for name, ds in self._scores.items() if normalize_name(name) == t for d in ds]
         others = [d for name, ds in self._scores.items() if normalize_name(name) != t for d in ds]
-        out = {"lpips_erased": mean_or_nan(erased), "lpips_others": mean_or_nan(others)}
+        k = self.name
+        out = {f"{k}_erased": mean_or_nan(erased), f"{k}_others": mean_or_nan(others)}
         for name, ds in self._scores.items():
-            out[f"lpips/{self.target if normalize_name(name) == t else name}"] = mean_or_nan(ds)
+            out[f"{k}/{self.target if normalize_name(name) == t else name}"] = mean_or_nan(ds)
         return out
 
     def _protocol(self) -> dict[str, Any]:

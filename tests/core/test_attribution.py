@@ -198,3 +198,14 @@ def test_bare_trajectory_equals_reference(small_pipe, erase_scores):
         measure_erase_objective(small_pipe, PROMPT, reference=ref, edit=edit, **KW)
     with pytest.raises(ValueError, match="base_target"):
         measure_erase_objective(small_pipe, PROMPT, reference=ref, edit=edit, base_target="moving", **KW)
+
+
+def test_finiteness_check_sees_nan_and_inf_anywhere():
+    from cad.attribution import _all_finite
+
+    t = torch.zeros(64, 33)
+    assert _all_finite(t) and _all_finite(torch.empty(0))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        u = t.clone()
+        u[40, 17] = bad
+        assert not _all_finite(u)

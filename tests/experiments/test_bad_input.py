@@ -120,8 +120,12 @@ def test_retain_siblings_resolves_to_the_other_values_of_the_kind():
     church = effective_concept(load_concept("church"), "sd14")
     names = [c["name"] for c in retain_concepts({"retain": "siblings"}, church, "sd14")]
     assert len(names) == 9 and "church" not in names and "parachute" in names
-    # on the toy world a real concept's retain list maps to stand-ins, never to the target's own stand-in
-    assert retain_concepts({"retain": ["parachute"]}, effective_concept(load_concept("church"), "toy"), "toy")
+    # on the toy world a real concept's retain list maps to stand-ins (tench -> circle), never to the target's own
+    # stand-in: parachute shares church's (diamond), which is named as the erased concept itself
+    toy_church = effective_concept(load_concept("church"), "toy")
+    assert [c["name"] for c in retain_concepts({"retain": ["tench"]}, toy_church, "toy")] == ["circle"]
+    with pytest.raises(ConfigError, match="erased concept itself"):
+        retain_concepts({"retain": ["parachute"]}, toy_church, "toy")
 
 
 # --- issue 12: every input checked before the model loads ----------------------------------------------------

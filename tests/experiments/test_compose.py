@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 import experiments
 from experiments.config import compose_config as compose_plain
 
-GROUPS = ("model", "concept", "method", "benchmark", "logger", "launcher", "experiment", "twin")
+GROUPS = ("model", "concept", "method", "benchmark", "logger", "launcher", "experiment", "twin", "protocol")
 
 
 def _options(group: str) -> list[str]:

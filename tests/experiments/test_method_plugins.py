@@ -9,7 +9,10 @@ from experiments.config import compose_config
 from experiments.run import run_from_config
 from experiments.validate import ConfigError
 
-MICRO = ["model.steps=3", "model.guidance=4.0", "generation.per_label=2", "generation.batch_size=12"]
+# attribution.steps=3: protocol=reference pins 50 attribution steps; 3 (the first 3 of its 50-step schedule)
+# keep the runner mechanics these tests check at micro cost
+MICRO = ["model.steps=3", "model.guidance=4.0", "attribution.steps=3", "generation.per_label=2",
+         "generation.batch_size=12"]
 
 
 @pytest.fixture()

@@ -75,33 +75,39 @@ def test_parallel_appends_never_interleave(tmp_path):
 def test_markdown_table_is_paper_shaped(table):
     md = markdown_tables(load_results(table))
     assert "### object_erasure · toy · toy_objects@v1" in md
-    header = next(line for line in md.splitlines() if line.startswith("| concept"))
-    assert "SD acc_target ↓" in header and "cad_erase@0.01 acc_target ↓" in header and "random@0.1 acc_others ↑" in header
-    assert header.index("SD acc_target") < header.index("cad_erase@0.001")
-    circle = next(line for line in md.splitlines() if line.startswith("| circle"))
-    # SD (others, target), then each ratio's edit (target = 0.9 - 3 ratio - 0.1 run index), then the controls
-    assert circle == ("| circle | 0.800 | 0.900 | 0.799 | 0.897 | 0.790 | 0.770 | 0.700 | 0.400 | 0.790 | 0.880 "
-                      "| 0.790 | 0.880 | 0.790 | 0.880 |")
+    lines = md.splitlines()
+    header = next(line for line in lines if line.startswith("| method"))
+    assert header == ("| method | circle acc_target ↓ | circle acc_others ↑ | square acc_target ↓ | square acc_others ↑ "
+                      "| mean acc_target ↓ | mean acc_others ↑ |")
+    body = [line for line in lines if line.startswith("| ") and not line.startswith("| method")]
+    assert [line.split(" | ")[0][2:] for line in body] == [
+        "SD", "cad_erase@0.001", "cad_erase@0.01", "cad_erase@0.1", "random ↔ cad_erase@0.001 (mean of 1 seed)",
+        "random ↔ cad_erase@0.01 (mean of 1 seed)", "random ↔ cad_erase@0.1 (mean of 1 seed)"]
+    # each ratio's edit: target = 0.9 - 3 ratio - 0.1 run index, others = 0.8 - ratio; the same for both concepts
+    assert body[0] == "| SD | 0.900 | 0.800 | 0.900 | 0.800 | 0.900 | 0.800 |"
+    assert body[2] == "| cad_erase@0.01 | 0.770 | 0.790 | 0.770 | 0.790 | 0.770 | 0.790 |"
     assert len(latest(load_results(table))) == len(load_results(table))
 
 
 def test_latest_row_wins(tmp_path, table):
     rows = load_results(table)
     rerun = dict(rows[0], value=0.123, run_id="again")
-    assert latest(rows + [rerun])[0]["value"] == 0.123
+    (kept,) = [r for r in latest(rows + [rerun]) if r["row_key"] == rerun["row_key"]]
+    assert kept["value"] == 0.123
 
 
 def test_plots_and_cli(tmp_path, table):
     curves = sweep_curves(load_results(table), tmp_path / "rep")
     paretos = pareto_plots(load_results(table), tmp_path / "rep")
-    assert [p.name for p in curves] == ["sweep_toy_cad_erase_toy_objects_acc_others.png",
-                                        "sweep_toy_cad_erase_toy_objects_acc_target.png"]
-    assert [p.name for p in paretos] == ["pareto_toy_toy_objects.png"]
+    # one curve per (experiment, model, item count) group, method and metric; one Pareto plot per benchmark
+    group = "object_erasure_toy_" + curves[0].name.split("_toy_")[1][:6]  # + a short hash of the group
+    assert [p.name for p in curves] == [f"sweep_{group}_cad_erase_toy_objects_acc_{k}.png" for k in ("others", "target")]
+    assert [p.name for p in paretos] == [f"pareto_{group}_toy_objects.png"]
     for p in curves + paretos:
         assert Image.open(p).size[0] > 100
     report = main([str(table), "--out", str(tmp_path / "rep2")])
     text = report.read_text()
-    assert "![pareto_toy_toy_objects](pareto_toy_toy_objects.png)" in text and "| circle |" in text
+    assert f"![{paretos[0].stem}]({paretos[0].name})" in text and "| cad_erase@0.01 |" in text
 
 
 def test_image_grid(tmp_path):

@@ -17,7 +17,10 @@ from experiments.config import compose_config
 from experiments.run import run_from_config
 
 # Micro size: the micro kit samples with 3 steps; 2 items per class keeps every variant a few seconds.
-MICRO = ["model.steps=3", "model.guidance=4.0", "generation.per_label=2", "generation.batch_size=12"]
+# attribution.steps=3: protocol=reference pins 50 attribution steps; 3 (the first 3 of its 50-step schedule)
+# keep the runner mechanics these tests check at micro cost
+MICRO = ["model.steps=3", "model.guidance=4.0", "attribution.steps=3", "generation.per_label=2",
+         "generation.batch_size=12"]
 
 
 @pytest.fixture()
@@ -74,24 +77,37 @@ def test_toy_twin_of_nudity_erasure_logged_to_wandb(toy, tmp_path, monkeypatch):
     out = run_from_config(cfg, tmp_path / "run")
     assert out["run"]["concept"] == "magenta"  # nudity's toy stand-in
     keys = set(out["metrics"]["edited"])
-    assert {"toy_colors/acc_target", "toy_colors/acc_others", "toy_objects/acc_mean"} <= keys
+    assert {"toy_colors/acc_target", "toy_colors/acc_others", "toy_full/acc_mean"} <= keys
+    # NudeNet's image count, COCO's FID and CLIP score, from the kit's own networks
+    assert {"toy_colors/toy_detector_images", "toy_colors/toy_detector_share", "toy_full/fid",
+            "toy_full/clip_score_cos_mean"} <= keys
+    for m in out["metrics"].values():
+        n = 2 * 6  # generation.per_label=2 x 6 colours
+        assert m["toy_colors/toy_detector_images"] == pytest.approx(m["toy_colors/toy_detector_share"] * n)
+        assert m["toy_full/fid"] >= 0.0 and -1.0 <= m["toy_full/clip_score_cos_mean"] <= 1.0
+    written = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert written["metrics"] == out["metrics"]
+    rows = load_results(toy / "results.jsonl")
+    fid = next(r for r in rows if r["metric"] == "toy_full/fid")
+    assert fid["higher_is_better"] is False and "classifier" in fid["protocol"]["backbones"]["fid"]
     (run_dir,) = (toy / "wandb" / "wandb").glob("offline-run-*")
     grids = sorted(p.parent.name + "/" + p.name.split("_")[0] for p in run_dir.glob("files/media/images/grid/*.png"))
-    assert grids == ["grid/toy", "grid/toy"]  # toy_colors and toy_objects grids
+    assert grids == ["grid/toy", "grid/toy"]  # toy_colors and toy_full grids
     assert list(run_dir.glob("files/media/table/results_*.table.json"))
 
 
 def test_paired_lpips_compares_each_variant_with_the_original_images(toy, tmp_path):
-    """The artist experiment's LPIPS on the toy twin: edited and control images against the original ones."""
+    """The artist experiment's LPIPS on the toy twin (toy_lpips, the LPIPS formula on the kit classifier's
+    features): edited and control images against the original ones."""
     cfg = compose_config(MICRO + ["experiment=artist_erasure", "model=toy",
-                                  "twin_benchmarks.target.metrics=[classifier_accuracy,lpips]"])
+                                  "twin_benchmarks.target.metrics=[classifier_accuracy,toy_lpips]"])
     out = run_from_config(cfg, tmp_path / "run")
     assert not any("lpips" in k for k in out["metrics"]["original"])  # the original against itself: skipped
     for variant in ("edited", "random-0"):
         m = out["metrics"][variant]
-        assert m["toy_styles/lpips_erased"] >= 0.0 and m["toy_styles/lpips_others"] >= 0.0
-        assert {f"toy_styles/lpips/{s}" for s in ("solid", "outline", "striped", "dotted")} <= set(m)
-    assert out["metrics"]["edited"]["toy_styles/lpips_erased"] > 0.0  # the edit changed the erased style
+        assert m["toy_styles/toy_lpips_erased"] >= 0.0 and m["toy_styles/toy_lpips_others"] >= 0.0
+        assert {f"toy_styles/toy_lpips/{s}" for s in ("solid", "outline", "striped", "dotted")} <= set(m)
+    assert out["metrics"]["edited"]["toy_styles/toy_lpips_erased"] > 0.0  # the edit changed the erased style
 
 
 def test_fidelity_task(toy, tmp_path):
