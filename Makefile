@@ -10,7 +10,7 @@ DATA   ?= $(abspath ../shared/data/prompts)
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= disabled
 
-.PHONY: setup run test test-all bench lint kit claims report clean
+.PHONY: setup run test test-all bench lint kit claims report toy-table1 toy-table6 clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,8 +39,28 @@ bench: $(STAMP)
 kit: $(STAMP)
 	$(PY) -m experiments.toy_kit
 
+# The paper's claims on the toy world: runner experiments (conf/experiment/claims_*.yaml), then the verdicts
+# (bars in conf/claims.yaml). Narrow the erase sweep with CLAIMS, e.g.
+# make claims CLAIMS="concept=diamond,circle method.ratio=0.03,0.05,0.1"; a rerun only fills the caches' gaps.
 claims: $(STAMP)
-	$(PY) -m experiments.toy_claims
+	$(PY) -m experiments.run -m experiment=claims_amplify
+	$(PY) -m experiments.run -m experiment=claims_fidelity
+	$(PY) -m experiments.run -m experiment=claims_erase $(CLAIMS)
+	$(PY) -m experiments.claims
+
+# The paper's comparison tables on the toy world, each one multirun of the real experiment's toy twin, then its
+# report (outputs/toy_tables/report/report.md). Table 1: 6 shapes x 5 methods plus the SD row (method=none);
+# Table 6: CAD-Amplify recalling the nudity stand-in from each baseline's erased toy model.
+TOY_TABLES ?= outputs/toy_tables
+toy-table1: $(STAMP)
+	$(PY) -m experiments.run -m experiment=object_erasure model=toy paths.outputs=$(TOY_TABLES) \
+	  method=none,cad_erase,esd,uce,rece,conceptprune concept=circle,square,triangle,cross,ring,diamond
+	$(PY) -m evaluation.report $(TOY_TABLES)/results.jsonl
+
+toy-table6: $(STAMP)
+	$(PY) -m experiments.run -m experiment=amplify_erased model=toy paths.outputs=$(TOY_TABLES) \
+	  erase_method=esd,uce,rece,conceptprune
+	$(PY) -m evaluation.report $(TOY_TABLES)/results.jsonl
 
 report: $(STAMP)
 	$(PY) -m evaluation.report

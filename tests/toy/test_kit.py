@@ -124,53 +124,6 @@ def test_measure_quality_reports_bars(micro_kit):
     assert np.isfinite(q["fid_generated"]) and q["fid_vae_recon"] >= 0
 
 
-def test_claims_pipeline_on_micro_kit(micro_kit, tmp_path):
-    """The claims functions run end to end and write their figures (figures are meaningless on a micro kit)."""
-    from dataclasses import replace
-
-    from cad.toy import claims, report
-
-    cfg = replace(claims.ClaimsConfig(), concepts=("circle",), ratios=(0.3,), seeds=1, attr_steps=2,
-                  attr_samples=1, steps=2, amplify_ratios=(0.1,), amplify_images=2, fidelity_n=4,
-                  fidelity_steps=2)
-    pipe = micro_kit.load_pipeline()
-    cache = claims.SweepCache()
-    sweep = claims.erase_sweep(pipe, micro_kit.classifier, "circle", cfg, cache=cache)
-    assert [r["ratio"] for r in sweep["rows"]] == [0.3] and sweep["rows"][0]["n_ablated"] > 0
-    aware = claims.erase_sweep(pipe, micro_kit.classifier, "circle", cfg, rule="retain", cache=cache)
-    # every sibling attributed once, the unedited accuracies and the shared random control computed once
-    assert set(cache.scores) == {"circle", "square", "triangle", "cross", "ring", "diamond"}
-    assert len(cache.controls) == 1 and aware["base_per_concept"] == sweep["base_per_concept"]
-    assert aware["rule"] == "retain" and len(aware["retain"]["concepts"]) == 5
-    assert aware["scores"] is sweep["scores"]  # the plain alpha, which the amplify claim weakens with
-    verdict = claims.erase_claim([sweep, aware])
-    assert verdict["passes"] == (sweep["passes"] or aware["passes"])
-    assert claims.erase_claims([sweep, aware]) == [verdict] and verdict["rules"] == ["cad", "retain"]
-    xattn = claims.erase_sweep(pipe, micro_kit.classifier, "circle", replace(cfg, space="cross_attn"))
-    assert xattn["space"] == "cross_attn" and all(".attn2." in n for n in xattn["scores"].scores)
-    with pytest.raises(ValueError, match="unknown selection rule"):
-        claims.erase_sweep(pipe, micro_kit.classifier, "circle", cfg, rule="ssd")
-    amp = claims.amplify_claim(pipe, micro_kit.classifier, "circle", cfg, erase=sweep)
-    amp2 = claims.amplify_claim(pipe, micro_kit.classifier, "red", replace(cfg, amplify_weak="prompt"))
-    assert amp2["weak_erase_ratio"] == 0.0 and len(amp2["rows"]) == 1
-    fid = claims.fidelity(pipe, "circle", cfg)
-    assert len(fid["predicted"]) == 4 and all(np.isfinite(fid["measured"]))
-    report.erase_grid(tmp_path / "erase.png", sweep, cfg.seeds, per_concept=1)
-    report.amplify_grid(tmp_path / "amp.png", amp, "shape", cfg.seeds, per_concept=1)
-    report.fidelity_scatter(tmp_path / "fid.png", fid)
-    table = report.claims_table([sweep, aware], amp, fid)
-    assert "CAD-Erase 'circle'" in table and "Pearson r" in table and "rule 'retain'" in table
-    assert "CAD-Erase of a shape" in table and "| circle |" in table
-    # one cache across concepts: the second concept of the kind reuses the scores and the random control
-    square = claims.erase_sweep(pipe, micro_kit.classifier, "square", cfg, cache=cache)
-    assert len(cache.controls) == 1 and square["rows"][0]["random_target"] is not None
-    kinds = claims.kind_claims([sweep, aware, square])
-    assert [k["kind"] for k in kinds] == ["shape"] and kinds[0]["n"] == 2
-    assert sorted(kinds[0]["passing"] + kinds[0]["failing"]) == ["circle", "square"]
-    assert kinds[0]["passes"] == bool(kinds[0]["passing"]) and set(kinds[0]["by_rule"]) == {"cad", "retain"}
-    assert all((tmp_path / f).stat().st_size > 0 for f in ("erase.png", "amp.png", "fid.png"))
-
-
 def test_committed_kit_matches_committed_recipe():
     """The kit shipped in cad/toy/kit/ loads, passes its checksums and was made by the current full recipe
     (change the recipe -> retrain with `python -m experiments.toy_kit` and recommit the kit)."""
@@ -200,17 +153,3 @@ def test_register_clip_config_leaves_no_files_and_latest_wins(tmp_path, monkeypa
     assert list(tmp_path.iterdir()) == []
     model = open_clip.create_model(name)
     assert model.text_projection.shape[-1] == 48
-
-
-def test_toy_claims_rejects_unknown_concepts():
-    from experiments.toy_claims import main
-
-    with pytest.raises(ValueError, match="unknown toy-world concept 'hexagon'.*circle"):
-        main(["--concepts", "hexagon", "--out", "/nonexistent/never-written"])
-
-
-def test_claims_default_to_every_concept():
-    from cad.toy.claims import ClaimsConfig
-    from cad.toy.world import KINDS
-
-    assert set(ClaimsConfig().concepts) == {c for k in KINDS for c in KINDS[k]}

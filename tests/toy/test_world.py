@@ -104,17 +104,3 @@ def test_world_tokenizer_leaves_no_temp_files_and_round_trips(tmp_path, monkeypa
 def test_merges_are_minimal_chains():
     merges = world_merges(("circle", "ring", "triangle"))
     assert len(merges) <= sum(len(w) - 1 for w in ("circle", "ring", "triangle"))
-
-
-def test_erase_base_prompt_anchor_rule():
-    """"anchor" = the first other value of the concept's kind, the same rule for every concept; any other
-    string is used as the base prompt itself."""
-    from cad.toy.claims import base_prompt_for
-
-    assert base_prompt_for("circle", "anchor") == "a square"
-    assert base_prompt_for("square", "anchor") == "a circle"
-    assert base_prompt_for("striped", "anchor") == "a solid shape"
-    assert base_prompt_for("red", "anchor") == "a green shape"
-    assert base_prompt_for("red", "") == "" and base_prompt_for("red", "a shape") == "a shape"
-    with pytest.raises(ValueError, match="unknown toy-world concept"):
-        base_prompt_for("hexagon", "anchor")
