@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from cad.io import stable_hash
+from evaluation.rows import key_of
 
 # Protocol entries that do not change a number: left out of the group signature.
 PROTOCOL_IGNORED = ("versions", "run_id", "run_ids", "time", "run_dir")
@@ -34,12 +35,6 @@ METRIC_ORDER = ("acc_target", "acc_others", "lpips_erased", "lpips_others", "acc
 # Method settings that never name a line: they only choose the random controls or the transfer policy.
 SETTINGS_HIDDEN = ("name", "controls", "allow_other_model", "retain")
 STAGES = {"original": "base", "erased": "erased", "edited": "recalled"}  # Table 6 columns by variant
-
-
-def key_of(row: dict) -> str:
-    from experiments.results import key_of as results_key
-
-    return results_key(row)
 
 
 def latest(rows: Iterable[dict]) -> list[dict]:

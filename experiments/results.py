@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cad.io import stable_hash, storage_error
+from evaluation.rows import key_of  # the row identity, shared with the report
 
 log = logging.getLogger("cad.experiments")
 
@@ -58,8 +59,6 @@ def make_rows(*, run: Mapping[str, Any], variant: str, benchmark: str, metrics: 
     return rows
 
 
-_POINT = ("experiment", "model", "concept", "method", "variant", "ratio", "sign", "granularity", "retain",
-          "benchmark", "metric", "protocol", "edit_fingerprint")
 # Run fields that do not change a result: where and when it ran.
 _NOT_IDENTITY = ("run_id", "config_hash", "time", "run_dir")
 
@@ -81,15 +80,6 @@ def config_hash_of_run(run: Mapping[str, Any], protocol: Mapping[str, Any], edit
 
 def row_key(config_hash: str, variant: str, benchmark: str, metric: str) -> str:
     return stable_hash([config_hash, variant, benchmark, metric], 16)
-
-
-def key_of(row: Mapping[str, Any]) -> str:
-    """A row's dedup key (rows written before keys existed get one from their fields, run_id excluded)."""
-    if row.get("row_key"):
-        return str(row["row_key"])
-    # The sweep point of evaluation.report's `latest`; a row with none of those fields is its own key.
-    fields = {k: row.get(k) for k in _POINT}
-    return "legacy-" + stable_hash(fields if any(v is not None for v in fields.values()) else dict(row), 16)
 
 
 def read_rows(path: str | os.PathLike) -> list[dict]:
