@@ -31,6 +31,22 @@ def test_twins_default_stand_ins_are_concepts_make_claims_erases():
                          "amplify": "diamond"}
 
 
+@pytest.mark.parametrize(("experiment", "method", "ratio"), [
+    ("amplify", "cad_amplify", 0.2), ("nudity_erasure", "cad_erase", 0.05), ("artist_erasure", "cad_erase", 0.05),
+    ("object_erasure", "cad_erase", 0.03), (None, "cad_erase", 0.03), ("amplify_erased", "cad_amplify", 0.05),
+])
+def test_a_twins_method_settings_apply_to_that_method_only(experiment, method, ratio):
+    from experiments.validate import plan_run
+
+    base = ["model=toy"] + ([f"experiment={experiment}"] if experiment else [])
+    cfg = compose_config(base + [f"method={method}"])
+    assert cfg["method"]["ratio"] == ratio  # conf/method_twin/<method>_<experiment>_toy.yaml, else the world's
+    if experiment in ("amplify", "nudity_erasure"):
+        # the same twin with a method that has no ratio still composes and passes the checks
+        other = "none" if experiment == "amplify" else "esd"
+        plan_run(compose_config(base + [f"method={other}"]))
+
+
 def test_real_models_keep_real_metrics():
     cfg = compose_config(["experiment=artist_erasure", "model=sd14"])
     assert "lpips" in cfg["benchmark"]["metrics"] and "toy_lpips" not in cfg["benchmark"]["metrics"]
