@@ -82,3 +82,31 @@ def micro_kit(tmp_path_factory):
     from cad.toy.kit import train_kit
 
     return train_kit(tmp_path_factory.mktemp("toy-kit") / "kit", "micro", progress=False, measure=False)
+
+
+# Runner overrides at micro size, for tests of the runner's mechanics on the micro kit: the kit samples with 3
+# steps, 2 items per class keep every variant a few seconds, and attribution.steps=3 (the first 3 of
+# protocol=reference's 50-step schedule) keeps the attribution cheap.
+MICRO_RUN = ("model.steps=3", "model.guidance=4.0", "attribution.steps=3", "generation.per_label=2",
+             "generation.batch_size=12")
+
+
+@pytest.fixture()
+def micro():
+    """The micro-size runner overrides (MICRO_RUN) as a fresh list to extend."""
+    return list(MICRO_RUN)
+
+
+@pytest.fixture()
+def outputs(tmp_path, monkeypatch):
+    """A temporary outputs root for everything a run writes."""
+    out = tmp_path / "outputs"
+    monkeypatch.setenv("CAD_OUTPUTS", str(out))
+    return out
+
+
+@pytest.fixture()
+def toy(micro_kit, outputs, monkeypatch):
+    """Runs on the micro kit (model=toy loads it through $CAD_TOY_KIT), writing under `outputs`."""
+    monkeypatch.setenv("CAD_TOY_KIT", str(micro_kit.path))
+    return outputs

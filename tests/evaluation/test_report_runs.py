@@ -3,27 +3,13 @@ the report lays them out as the paper's Table 6."""
 
 from __future__ import annotations
 
-import pytest
-
 from evaluation.report import load_results, markdown_tables
 from experiments.config import compose_config
 from experiments.run import run_from_config
 
-# attribution.steps=3: protocol=reference pins 50 attribution steps; 3 (the first 3 of its 50-step schedule)
-# keep the runner mechanics these tests check at micro cost
-MICRO = ["model.steps=3", "model.guidance=4.0", "attribution.steps=3", "generation.per_label=2",
-         "generation.batch_size=12"]
 
-
-@pytest.fixture()
-def toy(micro_kit, tmp_path, monkeypatch):
-    monkeypatch.setenv("CAD_TOY_KIT", str(micro_kit.path))
-    monkeypatch.setenv("CAD_OUTPUTS", str(tmp_path / "outputs"))
-    return tmp_path / "outputs"
-
-
-def test_amplify_erased_rows_make_table6(toy, tmp_path):
-    cfg = compose_config(MICRO + ["experiment=amplify_erased", "erase_method=uce", "attribution.num_images=4",
+def test_amplify_erased_rows_make_table6(micro, toy, tmp_path):
+    cfg = compose_config(micro + ["experiment=amplify_erased", "erase_method=uce", "attribution.num_images=4",
                                   "method.controls=[]"])
     run_from_config(cfg, tmp_path / "run")
     rows = load_results(toy / "results.jsonl")

@@ -10,11 +10,3 @@ from experiments.config import compose_config
 @pytest.fixture()
 def compose():
     return compose_config
-
-
-@pytest.fixture()
-def outputs(tmp_path, monkeypatch):
-    """A temporary outputs root for everything a run writes."""
-    out = tmp_path / "outputs"
-    monkeypatch.setenv("CAD_OUTPUTS", str(out))
-    return out

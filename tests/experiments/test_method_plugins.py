@@ -9,30 +9,19 @@ from experiments.config import compose_config
 from experiments.run import run_from_config
 from experiments.validate import ConfigError
 
-# attribution.steps=3: protocol=reference pins 50 attribution steps; 3 (the first 3 of its 50-step schedule)
-# keep the runner mechanics these tests check at micro cost
-MICRO = ["model.steps=3", "model.guidance=4.0", "attribution.steps=3", "generation.per_label=2",
-         "generation.batch_size=12"]
 
-
-@pytest.fixture()
-def toy(micro_kit, outputs, monkeypatch):
-    monkeypatch.setenv("CAD_TOY_KIT", str(micro_kit.path))
-    return outputs
-
-
-def test_uce_runs_as_a_plugin_and_its_edit_is_cached(toy, tmp_path):
-    first = run_from_config(compose_config(MICRO + ["method=uce"]), tmp_path / "a")
+def test_uce_runs_as_a_plugin_and_its_edit_is_cached(micro, toy, tmp_path):
+    first = run_from_config(compose_config(micro + ["method=uce"]), tmp_path / "a")
     assert first["run"]["method"] == "uce" and first["run"]["ratio"] is None
     assert set(first["metrics"]) == {"original", "edited"}  # no random control: UCE is not a mask
     assert first["run"]["method_settings"]["lamb"] == 0.5
-    second = run_from_config(compose_config(MICRO + ["method=uce"]), tmp_path / "b")
+    second = run_from_config(compose_config(micro + ["method=uce"]), tmp_path / "b")
     assert second["method_info"].get("edit_reused")
     assert second["edits"]["edited"]["fingerprint"] == first["edits"]["edited"]["fingerprint"]
 
 
-def test_amplify_erased_erases_with_a_builtin_method(toy, tmp_path):
-    cfg = compose_config(MICRO + ["experiment=amplify_erased", "erase_method=uce", "attribution.num_images=4"])
+def test_amplify_erased_erases_with_a_builtin_method(micro, toy, tmp_path):
+    cfg = compose_config(micro + ["experiment=amplify_erased", "erase_method=uce", "attribution.num_images=4"])
     out = run_from_config(cfg, tmp_path / "run")
     assert set(out["metrics"]) == {"original", "erased", "edited"}
     assert out["run"]["erase_method"]["name"] == "uce"
@@ -40,11 +29,11 @@ def test_amplify_erased_erases_with_a_builtin_method(toy, tmp_path):
     assert out["edits"]["edited"]["fingerprint"] != out["edits"]["erased"]["fingerprint"]
 
 
-def test_amplify_erased_needs_an_erased_model(toy, tmp_path):
+def test_amplify_erased_needs_an_erased_model(micro, toy, tmp_path):
     with pytest.raises(ConfigError, match="erase_method="):
-        run_from_config(compose_config(MICRO + ["experiment=amplify_erased"]), tmp_path / "run")
+        run_from_config(compose_config(micro + ["experiment=amplify_erased"]), tmp_path / "run")
 
 
-def test_a_method_refuses_settings_it_does_not_have(toy, tmp_path):
+def test_a_method_refuses_settings_it_does_not_have(micro, toy, tmp_path):
     with pytest.raises(ConfigError, match="did you mean method.lamb"):
-        run_from_config(compose_config(MICRO + ["method=uce", "+method.lam=0.1"]), tmp_path / "run")
+        run_from_config(compose_config(micro + ["method=uce", "+method.lam=0.1"]), tmp_path / "run")

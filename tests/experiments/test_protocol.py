@@ -158,10 +158,6 @@ MICRO = ["model.steps=3", "model.guidance=4.0", "attribution.steps=3", "generati
          "attribution.num_samples=1"]
 
 
-@pytest.fixture()
-def toy(micro_kit, outputs, monkeypatch):
-    monkeypatch.setenv("CAD_TOY_KIT", str(micro_kit.path))
-    return outputs
 
 
 def _scores_meta(out: dict) -> dict:

@@ -16,25 +16,13 @@ from experiments import repo_root
 from experiments.config import compose_config
 from experiments.run import run_from_config
 
-# Micro size: the micro kit samples with 3 steps; 2 items per class keeps every variant a few seconds.
-# attribution.steps=3: protocol=reference pins 50 attribution steps; 3 (the first 3 of its 50-step schedule)
-# keep the runner mechanics these tests check at micro cost
-MICRO = ["model.steps=3", "model.guidance=4.0", "attribution.steps=3", "generation.per_label=2",
-         "generation.batch_size=12"]
-
-
-@pytest.fixture()
-def toy(micro_kit, outputs, monkeypatch):
-    monkeypatch.setenv("CAD_TOY_KIT", str(micro_kit.path))
-    return outputs
-
 
 def _pngs(folder):
     return {p.name: p.stat().st_mtime_ns for p in sorted(folder.glob("*.png"))}
 
 
-def test_main_job_and_sweep_reuse(toy, tmp_path):
-    cfg = compose_config(MICRO + ["method.ratio=0.02"])
+def test_main_job_and_sweep_reuse(micro, toy, tmp_path):
+    cfg = compose_config(micro + ["method.ratio=0.02"])
     first = run_from_config(cfg, tmp_path / "run1")
     assert not first["attribution_reused"]
     assert set(first["metrics"]) == {"original", "edited", "random-0"}
@@ -52,7 +40,7 @@ def test_main_job_and_sweep_reuse(toy, tmp_path):
     before = _pngs(images["original"])
     scores = toy.joinpath(written["run"]["scores_path"], "scores.safetensors").stat().st_mtime_ns
 
-    second = run_from_config(compose_config(MICRO + ["method.ratio=0.05"]), tmp_path / "run2")
+    second = run_from_config(compose_config(micro + ["method.ratio=0.05"]), tmp_path / "run2")
     assert second["attribution_reused"] and second["run"]["scores_path"] == first["run"]["scores_path"]
     assert toy.joinpath(second["run"]["scores_path"], "scores.safetensors").stat().st_mtime_ns == scores
     assert second["images"]["toy_objects@v1"]["original"] == str(images["original"])
@@ -69,11 +57,11 @@ def test_main_job_and_sweep_reuse(toy, tmp_path):
     assert "cad_erase@0.05" in markdown_tables(rows)
 
 
-def test_toy_twin_of_nudity_erasure_logged_to_wandb(toy, tmp_path, monkeypatch):
+def test_toy_twin_of_nudity_erasure_logged_to_wandb(micro, toy, tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)  # no API key here: the logger must go offline
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-    cfg = compose_config(MICRO + ["experiment=nudity_erasure", "method.controls=[]", "logger=wandb"])
+    cfg = compose_config(micro + ["experiment=nudity_erasure", "method.controls=[]", "logger=wandb"])
     out = run_from_config(cfg, tmp_path / "run")
     assert out["run"]["concept"] == "magenta"  # nudity's toy stand-in
     keys = set(out["metrics"]["edited"])
@@ -96,10 +84,10 @@ def test_toy_twin_of_nudity_erasure_logged_to_wandb(toy, tmp_path, monkeypatch):
     assert list(run_dir.glob("files/media/table/results_*.table.json"))
 
 
-def test_paired_lpips_compares_each_variant_with_the_original_images(toy, tmp_path):
+def test_paired_lpips_compares_each_variant_with_the_original_images(micro, toy, tmp_path):
     """The artist experiment's LPIPS on the toy twin (toy_lpips, the LPIPS formula on the kit classifier's
     features): edited and control images against the original ones."""
-    cfg = compose_config(MICRO + ["experiment=artist_erasure", "model=toy",
+    cfg = compose_config(micro + ["experiment=artist_erasure", "model=toy",
                                   "twin_benchmarks.target.metrics=[classifier_accuracy,toy_lpips]"])
     out = run_from_config(cfg, tmp_path / "run")
     assert not any("lpips" in k for k in out["metrics"]["original"])  # the original against itself: skipped
@@ -121,9 +109,9 @@ def test_fidelity_task(toy, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_multirun(micro_kit, tmp_path):
+def test_cli_multirun(micro, micro_kit, tmp_path):
     env = {**os.environ, "CAD_OUTPUTS": str(tmp_path / "out"), "CAD_TOY_KIT": str(micro_kit.path)}
-    cmd = [sys.executable, "-m", "experiments.run", "-m", "method.ratio=0.02,0.05", *MICRO]
+    cmd = [sys.executable, "-m", "experiments.run", "-m", "method.ratio=0.02,0.05", *micro]
     proc = subprocess.run(cmd, cwd=repo_root(), env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "toy_objects/acc_target" in proc.stdout and "random-0" in proc.stdout
@@ -138,9 +126,9 @@ def test_cli_multirun(micro_kit, tmp_path):
     assert len([r for r in rows if r["metric"] == "toy_objects/acc_target"]) == 2 * 3  # 2 points x 3 variants
 
 
-def test_retain_siblings_ranks_against_the_other_shapes(toy, tmp_path):
-    plain = run_from_config(compose_config(MICRO + ["method.ratio=0.05"]), tmp_path / "plain")
-    aware = run_from_config(compose_config(MICRO + ["method.ratio=0.05", "method.retain=siblings"]), tmp_path / "aware")
+def test_retain_siblings_ranks_against_the_other_shapes(micro, toy, tmp_path):
+    plain = run_from_config(compose_config(micro + ["method.ratio=0.05"]), tmp_path / "plain")
+    aware = run_from_config(compose_config(micro + ["method.ratio=0.05", "method.retain=siblings"]), tmp_path / "aware")
     assert aware["attribution_reused"] and aware["run"]["scores_path"] == plain["run"]["scores_path"]
     assert aware["run"]["retain"] == ["circle", "cross", "ring", "square", "triangle"]
     shapes = {p.parent.parent.name for p in (toy / "attributions").rglob("scores.safetensors")}
@@ -152,7 +140,7 @@ def test_retain_siblings_ranks_against_the_other_shapes(toy, tmp_path):
     assert "cad_erase+retain@0.05" in markdown_tables(rows) and "cad_erase@0.05" in markdown_tables(rows)
 
 
-def test_image_cache_is_per_model_weights(toy, micro_kit, tmp_path, monkeypatch):
+def test_image_cache_is_per_model_weights(micro, toy, micro_kit, tmp_path, monkeypatch):
     """Images are cached under the model name plus a hash of its UNet, text encoder and VAE: a kit (or model
     folder) replaced in place under the same name renders new images instead of reusing the old ones."""
     import dataclasses
@@ -161,12 +149,12 @@ def test_image_cache_is_per_model_weights(toy, micro_kit, tmp_path, monkeypatch)
     from cad.toy.kit import RECIPES, train_kit
     from experiments.models import load_model
 
-    cfg = compose_config(MICRO + ["method.ratio=0.02"])
+    cfg = compose_config(micro + ["method.ratio=0.02"])
     first = run_from_config(cfg, tmp_path / "run1")
     other = train_kit(tmp_path / "other-kit", dataclasses.replace(RECIPES["micro"], seed=1), progress=False,
                       measure=False)
     monkeypatch.setenv("CAD_TOY_KIT", str(other.path))
-    second = run_from_config(compose_config(MICRO + ["method.ratio=0.02"]), tmp_path / "run2")
+    second = run_from_config(compose_config(micro + ["method.ratio=0.02"]), tmp_path / "run2")
     a, b = (first["images"]["toy_objects@v1"]["original"], second["images"]["toy_objects@v1"]["original"])
     assert a != b and "/images/toy-" in a and "/images/toy-" in b
     assert first["run"]["model"] == second["run"]["model"] == "toy"  # the label in results stays the name
