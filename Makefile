@@ -1,6 +1,16 @@
 # Every target creates and uses .venv at the repo root; `make run` and `make test` work on a fresh clone.
 PYTHON ?= python3
-VENV   := .venv
+# LOCK=1 (default): install the tested set in requirements/lock.txt (pip constraints; `make lock` remakes it).
+# LOCK=0: the newest releases, in a venv of their own so the locked .venv never drifts (`make test-latest`).
+LOCK   ?= 1
+LOCKFILE := requirements/lock.txt
+ifeq ($(LOCK),0)
+VENV   ?= .venv-latest
+CONSTRAINTS := --upgrade --upgrade-strategy eager
+else
+VENV   ?= .venv
+CONSTRAINTS := -c $(LOCKFILE)
+endif
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 # A known-good torch/torchvision pair; users with another CUDA build override it: make setup TORCH="torch torchvision"
@@ -10,12 +20,12 @@ DATA   ?= $(abspath ../shared/data/prompts)
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= disabled
 
-.PHONY: setup run test test-all bench lint kit claims report toy-table1 toy-table6 clean
+.PHONY: setup lock test-latest run test test-all bench lint kit claims report toy-table1 toy-table6 clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCKFILE)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PIP) install $(TORCH)
-	$(PIP) install -e ".[dev]"
+	$(PIP) install $(CONSTRAINTS) -e ".[dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -28,6 +38,22 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	CAD_DATA_DIR=$${CAD_DATA_DIR:-$(DATA)} $(PY) -m pytest -q
+
+# The newest releases of every dependency, on purpose: drift is found here, not by a user's fresh install.
+test-latest:
+	$(MAKE) test LOCK=0
+
+# Remake requirements/lock.txt: a fresh venv with the user's torch pair and the newest releases of the rest, the
+# fast test tier run there, then frozen (torch and its CUDA packages left out). Review the diff, then commit.
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install $(TORCH)
+	.venv-lock/bin/pip install -e ".[dev]"
+	CAD_DATA_DIR=$${CAD_DATA_DIR:-$(DATA)} .venv-lock/bin/python -m pytest -q -x -m "not slow and not gpu and not network"
+	.venv-lock/bin/python requirements/make_lock.py > $(LOCKFILE).tmp
+	mv $(LOCKFILE).tmp $(LOCKFILE)
+	rm -rf .venv-lock
 
 # One torch thread by default: on a small shared CPU the intra-op pool oversubscribes and makes tiny-model
 # timings noisy. Override with `make bench CAD_BENCH_THREADS=8`.

@@ -172,4 +172,29 @@ def _package_versions() -> dict[str, str]:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
+    out.update(lock_record())
     return out
+
+
+LOCK_FILE = Path(__file__).resolve().parents[1] / "requirements" / "lock.txt"
+
+
+def lock_record(path: Path = LOCK_FILE) -> dict[str, str]:
+    """The tested dependency set this environment should match: the lock file's hash and every pinned package
+    installed at another version ("none" when the environment is the locked set). Empty where the project was
+    installed without its repository (no lock file to compare with)."""
+    if not path.is_file():
+        return {}
+    data = path.read_bytes()
+    drift = []
+    for line in data.decode().splitlines():
+        name, sep, pinned = line.split("#", 1)[0].strip().partition("==")
+        if not sep:
+            continue
+        try:
+            installed = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            installed = "absent"
+        if installed != pinned:
+            drift.append(f"{name} {installed} (lock {pinned})")
+    return {"lock": hashlib.sha256(data).hexdigest()[:16], "lock_drift": "; ".join(drift) or "none"}
