@@ -559,3 +559,14 @@ def check_metrics(cfg: Mapping[str, Any]) -> None:
             preflight_metrics(list(spec.get("metrics") or []), spec, toy=toy)
         except MetricPreflightError as err:
             raise ConfigError(f"benchmark {role!r} ({spec.get('name')}): {err}") from err
+
+
+def preflight(cfg: Mapping[str, Any]) -> RunPlan:
+    """Every check a run makes before it loads anything: what the runners call first, and what a sweep runs on
+    each of its jobs before launching any (experiments/sweep_check.py)."""
+    plan = plan_run(cfg)
+    if cfg.get("task", "erase_eval") == "erase_eval":
+        specs = {"target": cfg.get("benchmark")}
+        specs.update({role: spec for role, spec in (cfg.get("retain") or {}).items() if spec is not None})
+        check_benchmarks(specs, (cfg.get("paths") or {}).get("data"))
+    return plan

@@ -1,0 +1,97 @@
+"""A whole sweep checked before its first job: `-m concept=diamond,striped method.ratio=0.01,0.05` composes every
+job and runs the same checks a job runs before it loads a model (`validate.preflight`), then refuses the sweep,
+naming each failing job and its reason, if any job would fail. A SLURM array must not burn its first jobs before
+learning that the third cannot work.
+
+Hydra swallows an exception raised by a callback (it only warns), so the refusal is a SystemExit(2), which Hydra
+lets through; nothing has been launched and no sweep folder exists yet at `on_multirun_start`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger("cad.experiments")
+
+# Each check takes ~0.1-1 s; past this many jobs only the first are checked here (the rest check themselves).
+MAX_JOBS = 2000
+
+
+def sweep_jobs(overrides: Sequence[str], params: dict | None = None) -> list[list[str]]:
+    """Each job's overrides, in Hydra's job order, exactly as the basic sweeper expands them."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    arguments = [f"{k}={v}" for k, v in (params or {}).items()] + list(overrides)
+    parsed = OverridesParser.create().parse_overrides(arguments)
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def swept_keys(overrides: Sequence[str]) -> set[str]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return {o.get_key_element() for o in OverridesParser.create().parse_overrides(list(overrides))
+            if o.is_sweep_override()}
+
+
+def job_config(overrides: Sequence[str]) -> dict:
+    """A job's composed, resolved config (without the hydra node), as the runner receives it."""
+    from hydra import compose
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():  # inside the running app: its search path and config dir
+        cfg = compose("config", overrides=list(overrides))
+        with open_dict(cfg):
+            cfg.pop("hydra", None)
+        return OmegaConf.to_container(cfg, resolve=True)
+    from .config import compose_config
+
+    return compose_config(list(overrides))
+
+
+def check_jobs(jobs: Sequence[Sequence[str]]) -> list[tuple[int, list[str], str]]:
+    """(job number, overrides, reason) of every job that would fail its checks."""
+    from hydra.errors import HydraException
+
+    from .validate import ConfigError, preflight
+
+    failures = []
+    for num, job in enumerate(jobs):
+        try:
+            preflight(job_config(job))
+        except (ConfigError, HydraException, ValueError) as err:
+            failures.append((num, list(job), str(err).strip()))
+    return failures
+
+
+def refusal(failures: Sequence[tuple[int, list[str], str]], n_jobs: int, swept: set[str]) -> str:
+    lines = [f"the sweep was not started: {len(failures)} of its {n_jobs} jobs would fail their checks; fix or "
+             "drop them (no job has run, nothing was written):"]
+    for num, job, reason in failures:
+        shown = " ".join(o for o in job if o.split("=", 1)[0] in swept) or " ".join(job)
+        lines.append(f"  job {num} ({shown}): {reason}")
+    return "\n".join(lines)
+
+
+class ValidateSweep(Callback):
+    """conf/config.yaml registers it under hydra.callbacks; it acts in multirun only."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        overrides = list(config.hydra.overrides.task)
+        params = config.hydra.sweeper.get("params") or {}
+        params = OmegaConf.to_container(params) if isinstance(params, DictConfig) else dict(params)
+        jobs = sweep_jobs(overrides, params)
+        if len(jobs) > MAX_JOBS:
+            log.warning("sweep of %d jobs: checking the first %d before launching", len(jobs), MAX_JOBS)
+            jobs = jobs[:MAX_JOBS]
+        failures = check_jobs(jobs)
+        if failures:
+            swept = swept_keys(overrides) | set(params or {})
+            print(refusal(failures, len(jobs), swept), file=sys.stderr)
+            raise SystemExit(2)
+        log.info("sweep checked: all %d jobs pass their checks", len(jobs))
