@@ -3,11 +3,14 @@ checkpoint (ESD, UCE, RECE, ConceptPrune release UNet state dicts) for CAD-Ampli
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+log = logging.getLogger("cad.experiments")
 
 
 @dataclass
@@ -20,6 +23,7 @@ class LoadedModel:
     checkpoint: str | None
     # a hash of the UNet, text encoder and VAE weights: what the images and attributions depend on
     pipeline_fingerprint: str = ""
+    dtype: str = ""     # the dtype the weights run in (model.dtype, or float32 where a CPU refuses half precision)
 
     @property
     def pipe(self):
@@ -37,6 +41,20 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+HALF = ("float16", "fp16", "bfloat16", "bf16")
+
+
+def run_dtype(dtype: str, device: str) -> str:
+    """The dtype a model runs in on `device`: model.dtype, except half precision on a CPU, which runs in float32
+    (CPU half-precision kernels are slow or missing, and diffusers only warns, once per component). One cad
+    warning says so; the rows record the dtype that ran."""
+    if str(dtype) in HALF and str(device).startswith("cpu"):
+        log.warning("model.dtype=%s on the CPU: running in float32 instead (half precision is for GPUs); set "
+                    "model.dtype=float32 to silence this, or run on a GPU (device=cuda)", dtype)
+        return "float32"
+    return str(dtype)
 
 
 def load_unet_checkpoint(backbone, path: str | Path) -> dict:
@@ -57,8 +75,10 @@ def load_model(model: dict, *, device: str = "auto", toy_kit: str | None = None)
 
         kit = load_kit(toy_kit)
         source = str(kit.pipeline_path)
-    bb = load_backbone(source, family=model.get("family"), dtype=model.get("dtype", "float32"),
-                       device=resolve_device(device), scheduler=model.get("scheduler", "default"))
+    device = resolve_device(device)
+    dtype = run_dtype(model.get("dtype", "float32"), device)
+    bb = load_backbone(source, family=model.get("family"), dtype=dtype, device=device,
+                       scheduler=model.get("scheduler", "default"))
     if model.get("max_sequence_length") and hasattr(bb, "max_sequence_length"):
         bb.max_sequence_length = int(model["max_sequence_length"])
     ckpt = model.get("checkpoint")
@@ -67,7 +87,7 @@ def load_model(model: dict, *, device: str = "auto", toy_kit: str | None = None)
     fingerprint = bb.denoiser_fingerprint()
     key = str(model["name"]) + (f"+{Path(str(ckpt)).stem}-{fingerprint[:8]}" if ckpt else "")
     return LoadedModel(bb, kit, key, source, fingerprint, str(ckpt) if ckpt else None,
-                       pipeline_fingerprint=bb.fingerprint(fingerprint))
+                       pipeline_fingerprint=bb.fingerprint(fingerprint), dtype=dtype)
 
 
 def erased_view(loaded: LoadedModel, method_name: str, erase_edit) -> LoadedModel:
@@ -76,4 +96,4 @@ def erased_view(loaded: LoadedModel, method_name: str, erase_edit) -> LoadedMode
     bb = loaded.backbone
     fp = bb.denoiser_fingerprint()
     return LoadedModel(bb, loaded.kit, f"{loaded.key}+{method_name}-{erase_edit.fingerprint[:8]}", loaded.source,
-                       fp, loaded.checkpoint, pipeline_fingerprint=bb.fingerprint(fp))
+                       fp, loaded.checkpoint, pipeline_fingerprint=bb.fingerprint(fp), dtype=loaded.dtype)

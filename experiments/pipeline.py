@@ -252,7 +252,7 @@ def protocol_of(model: dict, generation: dict, benchmark, score_protocol: dict, 
     return {"name": name, "steps": int(model["steps"]), "guidance": float(model["guidance"]),
             "scheduler": model.get("scheduler"),
             "seeds": generation.get("seed_mode", "per_item"), "resolution": int(model["resolution"]),
-            "dtype": model.get("dtype"), "backbones": backbones, "n_items": len(benchmark),
+            "dtype": loaded.dtype or model.get("dtype"), "backbones": backbones, "n_items": len(benchmark),
             "benchmark_items_hash": (benchmark.meta or {}).get("items_hash"), "unet_fingerprint": loaded.fingerprint,
             "versions": package_versions()}
 
