@@ -22,7 +22,6 @@ import time
 from datetime import datetime, timezone
 
 import torch
-from tqdm.auto import tqdm
 
 from cad.backbones import Backbone, wrap
 from cad.components import enable_only, get_space, requires_grad_state, restore_requires_grad
@@ -35,6 +34,7 @@ from cad.objectives import (
     gradients,
     schedule_length,
 )
+from cad.progress import progress as progress_bar
 from cad.scores import AttributionScores
 
 OBJECTIVES = ("erase", "amplify")
@@ -53,7 +53,7 @@ def _restart_erase(bb: Backbone, prompt, *, base_prompt, negative_prompt, steps,
     acc, calls, terms = gradients(params), 0, []
     length = schedule_length(steps, schedule_steps)
     timesteps = bb.scheduler(length, height=height, width=width).timesteps[:steps]
-    for i in tqdm(range(len(timesteps)), desc="restart", disable=not progress):
+    for i in progress_bar(range(len(timesteps)), desc="attribution restart", unit="step", enabled=progress):
         # A fresh scheduler per restart: flow-matching schedulers count their own steps.
         sched = bb.scheduler(length, height=height, width=width)
         x = bb.initial_latents(sched, k, gen, height, width)

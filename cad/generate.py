@@ -370,6 +370,7 @@ def generate(
     shard: int = 0,
     num_shards: int = 1,
     progress: bool = True,
+    desc: str | None = None,
     info: Mapping | None = None,
     call_kwargs: Mapping | None = None,
     claim_ttl_s: float | None = None,
@@ -424,11 +425,12 @@ def generate(
     if not pending:
         return paths
 
-    from tqdm import tqdm
+    from cad.progress import progress as progress_bar
 
     manifest = manifest_name(shard, num_shards)
-    bar = tqdm(total=len(mine), initial=len(mine) - len(pending), unit="img", disable=not progress,
-               desc=f"generate {out_dir.name}" + (f" [{shard + 1}/{num_shards}]" if num_shards > 1 else ""))
+    bar = progress_bar(total=len(mine), initial=len(mine) - len(pending), unit="img", enabled=progress,
+                       desc=(desc or f"generate {out_dir.name}")
+                       + (f" [shard {shard + 1}/{num_shards}]" if num_shards > 1 else ""))
     applied = edit.applied(pipe) if edit is not None else contextlib.nullcontext()
     token = uuid.uuid4().hex
     ttl = CLAIM_TTL_S if claim_ttl_s is None else float(claim_ttl_s)

@@ -97,13 +97,15 @@ def score(
     for m in metrics:
         m.reset()
 
-    from tqdm import tqdm
+    from cad.progress import progress as progress_bar
 
-    for start in tqdm(range(0, len(items), batch_size), disable=not progress, desc=f"score {prefix}", unit="batch"):
-        batch_items = items[start : start + batch_size]
-        images = [_load(p) for p in paths[start : start + batch_size]]
-        for m in metrics:
-            m.update(images, batch_items)
+    with progress_bar(total=len(items), enabled=progress, desc=f"score {prefix or image_dir}", unit="img") as bar:
+        for start in range(0, len(items), batch_size):
+            batch_items = items[start : start + batch_size]
+            images = [_load(p) for p in paths[start : start + batch_size]]
+            for m in metrics:
+                m.update(images, batch_items)
+            bar.update(len(batch_items))
 
     out: dict[str, float] = {}
     for m in metrics:

@@ -115,7 +115,8 @@ def run_erase_eval(cfg: dict, run_dir: str | Path, *, logger=None, run_id: str |
         folders = {}
         for variant, e in variants.items():
             with timed(f"generate {bench.key} [{variant}]"):
-                folders[variant] = generate_cached(loaded, bench, e, model, gen, outputs)
+                folders[variant] = generate_cached(loaded, bench, e, model, gen, outputs,
+                                                   desc=f"generate {bench.key} [{variant}]")
         payload["images"][bench.key] = {k: str(v) for k, v in folders.items()}
         if sharded:
             continue  # a shard only fills the cache; the run with num_shards=1 scores

@@ -80,7 +80,7 @@ def attribute_cached(loaded: LoadedModel, concept: dict, attribution: dict, mode
                        images=settings["images"], image_prompt=image_prompt_of(concept, attribution),
                        num_images=int(attribution.get("num_images", 8)),
                        image_guidance=float(attribution.get("image_guidance", model["guidance"])),
-                       schedule_steps=settings.get("schedule_steps"), height=res, width=res, progress=False)
+                       schedule_steps=settings.get("schedule_steps"), height=res, width=res, progress=True)
     scores.meta.update(model_id=str(model["id"]), model_key=loaded.key, settings=settings, protocol=protocol)
     scores.save(folder)
     return scores, folder, False
@@ -192,7 +192,8 @@ def sampler_of(model: dict, generation: dict) -> dict:
             "seed_mode": generation.get("seed_mode", "per_item"), "fixed_seed": int(generation.get("fixed_seed", 0))}
 
 
-def generate_cached(loaded: LoadedModel, benchmark, edit, model: dict, generation: dict, outputs: Path) -> Path:
+def generate_cached(loaded: LoadedModel, benchmark, edit, model: dict, generation: dict, outputs: Path,
+                    desc: str | None = None) -> Path:
     """Render the benchmark's missing images (this shard's) into the cache folder; returns the folder."""
     from cad.generate import generate, image_dir, sampler_settings
 
@@ -202,7 +203,7 @@ def generate_cached(loaded: LoadedModel, benchmark, edit, model: dict, generatio
     generate(loaded.pipe, benchmark, out, edit=edit, call_kwargs=_call_kwargs(loaded, s["guidance"]), steps=s["steps"], guidance=s["guidance"], height=s["height"],
              width=s["width"], batch_size=int(generation.get("batch_size", 8)), seed_mode=s["seed_mode"],
              fixed_seed=s["fixed_seed"], shard=int(generation.get("shard", 0)),
-             num_shards=int(generation.get("num_shards", 1)), progress=False,
+             num_shards=int(generation.get("num_shards", 1)), progress=True, desc=desc,
              info={"model": loaded.source, "model_key": loaded.key, "unet_fingerprint": loaded.fingerprint,
                    "pipeline_fingerprint": loaded.pipeline_fingerprint, "checkpoint": loaded.checkpoint})
     return out
@@ -218,7 +219,7 @@ def score_folder(images: Path, benchmark, metrics: dict, reference: Path | None,
     from evaluation.score import score, score_protocols
 
     plain = {k: m for k, m in metrics.items() if k not in PAIRED}
-    results = score(images, benchmark, plain) if plain else {}
+    results = score(images, benchmark, plain, progress=True) if plain else {}
     for name in PAIRED:
         if name not in metrics:
             continue
