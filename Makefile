@@ -39,6 +39,18 @@ test: $(STAMP)
 test-all: $(STAMP)
 	CAD_DATA_DIR=$${CAD_DATA_DIR:-$(DATA)} $(PY) -m pytest -q
 
+# The fast tier again where models compute, with oneDNN on or off per module instance (tests/conftest.py,
+# CAD_TEST_MKLDNN=mixed): an exact comparison between two separately built or loaded models fails here on any
+# machine, not only on a CI host whose kernels differ from the author's. Same object twice stays bit-exact.
+# Two intra-op threads here (make test runs one), so a result that holds at one thread count only fails too.
+# Left out to keep CI short: tests/methods (its exact checks are all on one object: edits and their restore) and
+# the families' end-to-end runner test (it compares images only for a difference).
+PORTABLE_TESTS ?= tests/families tests/core tests/toy --ignore=tests/families/test_family_experiments.py
+.PHONY: test-portable
+test-portable: $(STAMP)
+	CAD_TEST_THREADS=2 CAD_TEST_MKLDNN=mixed CAD_DATA_DIR=$${CAD_DATA_DIR:-$(DATA)} $(PY) -m pytest -q \
+	  -m "not slow and not gpu and not network" $(PORTABLE_TESTS)
+
 # The newest releases of every dependency, on purpose: drift is found here, not by a user's fresh install.
 test-latest:
 	$(MAKE) test LOCK=0
@@ -60,6 +72,13 @@ lock:
 bench: export CAD_BENCH_THREADS ?= 1
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
+
+# Every family at its real architecture and native size on one CUDA GPU (< 8 min on an H100/H200): attribution per
+# memory mode, generation, edit costs, each beside cad.plan's estimate; the table goes to benchmarks/results/ and
+# the measured coefficients into cad/plan_coefficients.json (the planner then prefers them). Refuses without CUDA.
+.PHONY: bench-gpu
+bench-gpu: $(STAMP)
+	$(PY) -m benchmarks.bench_gpu --coefficients cad/plan_coefficients.json
 
 # The toy world: retrain the committed kit (cad/toy/kit/) and print its quality figures; show the paper's claims.
 kit: $(STAMP)

@@ -260,9 +260,10 @@ def _measure(arch: str, what: str, latent: int, steps: int) -> dict:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     start = time.perf_counter()
-    if what == "attribution":
+    if what.startswith("attribution"):  # attribution, attribution-fast, attribution-low (the memory mode)
+        memory = what.partition("-")[2] or "fast"
         attribute(bb, PROMPT, steps=steps, guidance=3.0, estimator="trajectory", height=size, width=size,
-                  progress=False)
+                  progress=False, memory=memory, num_samples=int(os.environ.get("CAD_BENCH_MODES_K", 1)))
     else:
         cond = bb.encode(PROMPT, height=size, width=size)
         sched = bb.scheduler(steps, height=size, width=size)

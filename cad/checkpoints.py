@@ -3,8 +3,22 @@
     fmt = detect_format(path)                       # before any model loads: reads headers / key names only
     report = load_denoiser_checkpoint(bb, path)     # writes the tensors into bb.denoiser in place
 
-Formats (the layouts the baselines publish; /work/notes esd.md, uce.md, rece.md, conceptprune.md, read at
-ESD a2189e9 / 25613d2, UCE 35e91e2 / 28c81ed, RECE 403a67f, ConceptPrune 72927d9):
+Where the layouts come from (the code that writes each baseline's weights, at these commits):
+- ESD, rohitgandikota/erasing @ a2189e9ae677aca22a00c361bde25d3d320d8a61: `train-scripts/train-esd.py`,
+  `save_model` (``torch.save(model.state_dict())`` of the whole CompVis LatentDiffusion: ``ldm``) and
+  `train-scripts/convertModels.py`, `savemodelDiffusers` (the UNet converted to diffusers names, torch.save'd
+  as ``diffusers-*.pt``: full); @ 25613d27892326e0c7770f7f3555bea4be150089 `esd_sd.py` ``__main__``
+  (safetensors of the trained parameters only, diffusers names: partial);
+- UCE, rohitgandikota/unified-concept-editing @ 35e91e28df2f2fbcbef105fa079a436641a5142b:
+  `train-scripts/train_erase.py` ``__main__`` (``torch.save(unet.state_dict())``: full); @
+  28c81ed5a3e41277c1a0dc55f738e7ab188e9718 `trainscripts/uce_sd_erase.py`, `UCE` (safetensors of the edited
+  attn2.to_k / to_v weights: partial);
+- RECE, CharlesGong12/RECE @ 403a67fd86dce6c124b88798340e001e625b28c9: `train.py`, `train_object.py`,
+  `train_artists.py` ``__main__`` (``torch.save(ldm_stable.unet.state_dict())``: full);
+- ConceptPrune, ruchikachavhan/concept-prune @ 72927d9a2b518caed4e5dddd8549d04b168ad5d7:
+  `wanda/save_union_over_time.py` (``torch.save(model.unet.state_dict())`` of the pruned UNet: full).
+
+Formats:
 
 - ``diffusers_folder``: a diffusers pipeline folder (model_index.json + unet/ or transformer/) or the
   denoiser's own folder (config.json + diffusion_pytorch_model.*), loaded with ``from_pretrained`` of the
@@ -33,6 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from cad.errors import UserError
 
 __all__ = ["EXPECTED_LAYOUTS", "CheckpointFormatError", "PickledCheckpointError", "detect_format",
            "load_denoiser_checkpoint"]
@@ -64,7 +80,7 @@ _WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model
 _SHOW = 8  # how many offending names an error lists
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(UserError, ValueError):
     """A checkpoint that fits none of the layouts cad reads, or does not fit the model it is loaded into."""
 
 

@@ -2,22 +2,25 @@
 
 One PNG per benchmark item, named `<item id>.png`, written atomically: what exists is what is done, so a rerun
 fills only the gaps and a run killed midway leaves only whole images behind. The folder is named by the model,
-the edit ("original" for none), the sampler settings and the benchmark name and version (`image_dir`), so the
-unedited model's images are made once and every run that needs them finds them.
+the edit ("original" for none), the sampler settings, the benchmark name and version and a hash of its items
+(`image_dir`), so the unedited model's images are made once and every run that needs them finds them, and a
+benchmark whose items changed under the same name and version never reuses the old images.
 
 Each item gets its own CPU `torch.Generator` seeded from its row (or one fixed seed for all), and diffusers draws
 every item's initial latent from its own generator; an item's image therefore does not depend on which batch or
 shard it was rendered in (up to float round-off of batched kernels).
 
 Verified cache: every manifest record carries the sha256 of its PNG and a hash of the folder's identity.
-An item counts as done only when its PNG's bytes match its record; a PNG that does not (replaced, corrupt,
-truncated, copied in, or written by a run killed before it recorded it) is regenerated with a warning naming
+An item counts as done only when its PNG's bytes match its record and the record's prompt, seed and guidance
+are the item's; a PNG that does not (replaced, corrupt, truncated, copied in, written by a run killed before
+it recorded it, or made for another prompt under the same item id) is regenerated with a warning naming
 the file. Scoring (`verify_images`) is strict instead: it raises naming the files and the fix.
 
 Concurrency: before rendering a batch, a process claims its items (`.claims/<id>.claim`, created under a
-folder lock); another process skips claimed items and afterwards waits for them, taking a claim over when
-its owner died (same host, pid gone) or it is older than `claim_ttl_s`. Two runs on one folder therefore
-never both render an item, and a crashed run's successor picks its items up.
+folder lock; cad.claims, shared with attributions and edits); another process skips claimed items and
+afterwards waits for them, taking a claim over when its owner died (same host, pid gone) or it is older than
+`claim_ttl_s`. Two runs on one folder therefore never both render an item, and a crashed run's successor
+picks its items up.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ import json
 import logging
 import os
 import re
-import socket
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -37,6 +39,7 @@ from typing import Any
 
 import torch
 
+from cad.claims import CLAIM_TTL_S, claim_state, locked, release, write_claim
 from cad.io import (
     ArtifactCorruptError,
     as_json,
@@ -49,15 +52,21 @@ from cad.io import (
     sha256_file,
     stable_hash,
 )
+from cad.speed import (
+    check_batch_size,
+    compile_options,
+    fast_denoiser,
+    resolve_batch_size,
+    wants_channels_last,
+)
 
 log = logging.getLogger("cad.generate")
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _STALE_TMP_S = 600  # a PNG write takes milliseconds; a temp file this old was left by a killed process
 CLAIMS_DIR = ".claims"
-# A claim covers one batch (seconds to minutes on a GPU); one older than this belongs to a hung or lost run
-# on another machine (a dead owner on this machine is detected at once by its pid).
-CLAIM_TTL_S = float(os.environ.get("CAD_CLAIM_TTL_S", 1800))
+# A claim covers one batch (seconds to minutes on a GPU); one older than CLAIM_TTL_S belongs to a hung or lost
+# run on another machine (a dead owner on this machine is detected at once by its pid).
 _POLL_S = 0.25
 
 
@@ -90,10 +99,13 @@ def sampler_settings(pipe=None, *, steps: int, guidance: float, height: int | No
 
 
 def image_dir(root: str | os.PathLike, model_name: str, edit, sampler: Mapping, benchmark) -> Path:
-    """`<root>/images/<model>/<edit>/<sampler>/<benchmark>@v<version>`; `root` is the outputs folder.
+    """`<root>/images/<model>/<edit>/<sampler>/<benchmark key>-<items hash>`; `root` is the outputs folder.
 
     `edit` is None ("original"), a `cad.Edit` (its fingerprint) or a string. `model_name` should identify the
-    weights (a hub id, or a name plus `cad.loading.unet_fingerprint` for local folders).
+    weights (a hub id, or a name plus `cad.loading.unet_fingerprint` for local folders). For a Benchmark the
+    items hash is its meta's `images_hash` (id, prompt, seed and guidance of every item of the spec version,
+    so subsets and limits share the folder), else a hash of its items; a '<name>@v<version>' string is used as
+    it is.
     """
     if edit is None:
         edit_part = "original"
@@ -107,12 +119,19 @@ def image_dir(root: str | os.PathLike, model_name: str, edit, sampler: Mapping, 
         readable += f"-{s['height']}x{s['width']}"
     sampler_part = f"{readable}-{stable_hash(s, 10)}"
     if hasattr(benchmark, "key"):
-        bench_part = benchmark.key
+        # the name and version alone let a changed item set (a new template) reuse the old images
+        tag = (getattr(benchmark, "meta", None) or {}).get("images_hash") or items_hash(benchmark.items)
+        bench_part = f"{benchmark.key}-{tag}"
     elif isinstance(benchmark, str):
         bench_part = benchmark
     else:
         raise TypeError(f"benchmark must be an evaluation.Benchmark or a '<name>@v<version>' string, got {benchmark!r}")
     return Path(root) / "images" / _safe(model_name) / edit_part / sampler_part / _safe(bench_part)
+
+
+def items_hash(items: Iterable) -> str:
+    """A short hash of what items make their images from: id (the file name), prompt, seed and guidance."""
+    return stable_hash([[i.id, i.prompt, int(i.seed), i.guidance] for i in items], 10)
 
 
 def _check_seed_mode(seed_mode: str) -> None:
@@ -164,8 +183,10 @@ def identity_hash(identity: Mapping) -> str:
     return stable_hash(as_json(dict(identity)), 16)
 
 
-def check_record(out_dir: str | os.PathLike, item_id: str, record: Mapping | None, ident: str | None) -> str | None:
-    """Why the item's PNG cannot be trusted (None: it is the file its record describes)."""
+def check_record(out_dir: str | os.PathLike, item_id: str, record: Mapping | None, ident: str | None,
+                 expect: Mapping | None = None) -> str | None:
+    """Why the item's PNG cannot be trusted (None: it is the file its record describes). `expect`: the prompt,
+    seed and guidance the item renders with (`expected_record`); a record made for others is not this item's."""
     path = Path(out_dir) / f"{item_id}.png"
     if not path.is_file():
         return "missing"
@@ -175,10 +196,23 @@ def check_record(out_dir: str | os.PathLike, item_id: str, record: Mapping | Non
         return "its manifest record has no sha256 (made before verified caches)"
     if ident is not None and record.get("identity") != ident:
         return "its record was made under other settings than this folder's meta.json"
+    for key, want in (expect or {}).items():
+        if key in record and want is not None and as_json(record[key]) != as_json(want):
+            return (f"its record's {key} {record[key]!r} is not the item's {want!r} (the benchmark's items changed "
+                    "under the same id)")
     got = sha256_file(path)
     if got != record["sha256"]:
         return f"its sha256 {got[:12]}... is not the recorded {str(record['sha256'])[:12]}... (replaced or corrupted)"
     return None
+
+
+def expected_record(item, identity: Mapping | None) -> dict:
+    """The prompt, seed and guidance an item is rendered with under a folder's identity (meta.json)."""
+    identity = identity or {}
+    seed = identity.get("fixed_seed") if identity.get("seed_mode") == "fixed" else item.seed
+    guidance = item.guidance if item.guidance is not None else identity.get("guidance")
+    return {"prompt": item.prompt, "seed": None if seed is None else int(seed),
+            "guidance": None if guidance is None else float(guidance)}
 
 
 def read_identity(out_dir: str | os.PathLike) -> dict | None:
@@ -213,92 +247,45 @@ def verify_images(out_dir: str | os.PathLike, items: Sequence) -> list[tuple[Pat
     records = read_manifest(out_dir)
     bad = []
     for it in items:
-        reason = check_record(out_dir, it.id, records.get(it.id), ident)
+        expect = expected_record(it, identity) if hasattr(it, "prompt") else None
+        reason = check_record(out_dir, it.id, records.get(it.id), ident, expect)
         if reason is not None:
             bad.append((out_dir / f"{it.id}.png", reason))
     return bad
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    """An advisory lock beside the manifest: two processes on one machine writing the same shard stay serial."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: per-shard manifests are the only protection
-        yield
-        return
-    with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+# An advisory lock beside the manifest: two processes on one machine writing the same shard stay serial.
+_locked = locked
 
 
-# --- claims: one renderer per item across processes -------------------------------------------------------
-
-_HOST = socket.gethostname()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
+# --- claims: one renderer per item across processes (cad.claims) ------------------------------------------
 
 
 def _claim_path(out_dir: Path, item_id: str) -> Path:
     return out_dir / CLAIMS_DIR / f"{item_id}.claim"
 
 
-def _claim_owner(path: Path, token: str, ttl: float) -> str | None:
-    """'mine', 'other' (a live claim of another process) or None (no claim, or a stale one to take over)."""
-    try:
-        st = path.stat()
-        owner = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None  # vanished, or half-written by a killed process: nobody holds it
-    if owner.get("token") == token:
-        return "mine"
-    if owner.get("host") == _HOST and not _pid_alive(int(owner.get("pid", -1))):
-        return None  # its process died (kill -9, OOM): take it over now
-    if time.time() - st.st_mtime > ttl:
-        return None  # another machine's claim not refreshed for ttl seconds: its run is gone or hung
-    return "other"
-
-
 def _claim(out_dir: Path, batch: list, token: str, ttl: float, stamps: dict) -> tuple[list, list]:
     """(items this process now holds, items another live process holds); items finished by another process
     since `stamps` (their PNG changed) are dropped."""
     mine, others = [], []
-    body = json.dumps({"pid": os.getpid(), "host": _HOST, "token": token, "time": time.time()}).encode()
     with _locked(out_dir / CLAIMS_DIR / "lock"):
         for it in batch:
             path = _claim_path(out_dir, it.id)
-            state = _claim_owner(path, token, ttl)
+            state = claim_state(path, token, ttl)
             if state == "other":
                 others.append(it)
             elif state is None and _stamp(out_dir / f"{it.id}.png") != stamps.get(it.id):
                 continue  # rendered and recorded by another process, which then released its claim
             else:
-                # Claims need not survive a power cut (a lost claim only means the item is free), so they are
-                # replaced atomically without fsync: a claim per item must not slow a fast GPU down.
-                tmp = path.with_name(f".{path.name}.{token}.tmp")
-                tmp.write_bytes(body)
-                os.replace(tmp, path)
+                write_claim(path, token)
                 mine.append(it)
     return mine, others
 
 
 def _release(out_dir: Path, items: list, token: str) -> None:
     for it in items:
-        path = _claim_path(out_dir, it.id)
-        with contextlib.suppress(OSError, json.JSONDecodeError, UnicodeDecodeError):
-            if json.loads(path.read_text()).get("token") == token:
-                path.unlink()
+        release(_claim_path(out_dir, it.id), token)
 
 
 def _stamp(path: Path) -> tuple | None:
@@ -364,7 +351,7 @@ def generate(
     guidance: float,
     height: int | None = None,
     width: int | None = None,
-    batch_size: int = 8,
+    batch_size: int | str = 8,
     seed_mode: str = "per_item",
     fixed_seed: int = 0,
     shard: int = 0,
@@ -374,6 +361,8 @@ def generate(
     info: Mapping | None = None,
     call_kwargs: Mapping | None = None,
     claim_ttl_s: float | None = None,
+    compile: bool | str | Mapping = False,
+    channels_last: bool | str = "auto",
 ) -> list[Path]:
     """Render this shard's items that have no PNG yet into `out_dir`; return the shard's image paths in item order.
 
@@ -385,12 +374,23 @@ def generate(
     must also be part of the sampler settings naming the folder. `claim_ttl_s` (default CAD_CLAIM_TTL_S or
     1800) is how old another machine's claim on an item must be before this process takes the item over.
     Cached PNGs whose bytes do not match their manifest record are regenerated with a warning naming them.
+
+    Speed (cad.speed; none of it changes a seed's image beyond round-off, so none of it names the folder):
+    `batch_size="auto"` takes the largest batch that fits (probed once on CUDA, CPU_BATCH_SIZE elsewhere);
+    `compile` compiles the denoiser in place with torch.compile for this call (True, a backend name, or a dict
+    of torch.compile arguments); `channels_last` ("auto": UNets on CUDA) sets the denoiser's memory layout.
+    Both are undone on return.
     """
     _check_seed_mode(seed_mode)
     if not (isinstance(num_shards, int) and num_shards >= 1 and isinstance(shard, int) and 0 <= shard < num_shards):
         raise ValueError(f"shard must be in 0..num_shards-1 with num_shards >= 1, got shard={shard}, num_shards={num_shards}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_batch_size(batch_size)
+    from cad.backbones import denoiser_of
+
+    # How the images are rendered (not what they are: that is the folder's identity), noted in each record; a
+    # bad value fails here, before anything renders.
+    speed = {"compile": compile_options(compile),
+             "channels_last": wants_channels_last(denoiser_of(pipe), channels_last)}
     bench_info = {}
     if hasattr(items, "items") and hasattr(items, "key"):  # an evaluation.Benchmark
         bench_info = {"benchmark": {"name": items.name, "version": items.version, "key": items.key,
@@ -416,7 +416,7 @@ def generate(
     records = read_manifest(out_dir)
     pending = []
     for it in mine:
-        reason = check_record(out_dir, it.id, records.get(it.id), ident)
+        reason = check_record(out_dir, it.id, records.get(it.id), ident, expected_record(it, identity))
         if reason is None:
             continue
         if reason != "missing":
@@ -424,6 +424,8 @@ def generate(
         pending.append(it)
     if not pending:
         return paths
+    batch_size = resolve_batch_size(pipe, batch_size, height=height, width=width, guidance=guidance,
+                                    call_kwargs=call_kwargs)
 
     from cad.progress import progress as progress_bar
 
@@ -446,6 +448,7 @@ def generate(
                 atomic_write_bytes(out_dir / f"{it.id}.png", data)
                 records.append({"id": it.id, "file": f"{it.id}.png", "prompt": it.prompt, "seed": seed,
                                 "label": it.label, "guidance": g, "seconds": round(seconds, 4),
+                                "batch": len(batch), **speed,
                                 "sha256": sha256_bytes(data), "identity": ident, "pid": os.getpid(),
                                 "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
             _append_manifest(out_dir, manifest, records)  # after the PNGs: a listed image always exists
@@ -473,7 +476,7 @@ def generate(
             pending_writes.pop(0).result()  # surface a failed write (disk full, ...) without waiting
 
     try:
-        with applied, torch.no_grad():
+        with applied, fast_denoiser(pipe, compile=compile, channels_last=channels_last), torch.no_grad():
             waiting = []
             for g, batch in _batches(pending, batch_size, guidance):
                 claimed, others = _claim(out_dir, batch, token, ttl, stamps)

@@ -1,9 +1,10 @@
 """Atomic writes, content hashes, safe names and provenance: the small pieces every artifact writer shares.
 
 Reliability contract of the writers here: a file either keeps its old content or holds all of the new one,
-never a prefix (temp file in the same folder, fsync, `os.replace`); a full disk, a read-only folder or a
-permission problem is re-raised as `ArtifactWriteError` naming the path and what to free or fix, and the
-temp file is removed, so no half-written artifact is ever left behind.
+never a prefix (temp file in the same folder, fsync, `os.replace`); a full disk, a read-only folder, a
+permission problem or a file over the size limit (EFBIG) is re-raised as `ArtifactWriteError` naming the path
+and what to free or fix (any other OSError keeps its type and gains the path), and the temp file is removed,
+so no half-written artifact is ever left behind.
 """
 
 from __future__ import annotations
@@ -20,27 +21,30 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from cad.errors import UserError
+
 _VERSIONED = ("cad-attribution", "torch", "diffusers", "transformers", "safetensors", "open_clip_torch",
               "torchmetrics", "nudenet", "torch-fidelity", "hydra-core")
 # Errors of the storage rather than of the program: they get a message saying what to free or fix.
 _STORAGE_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
                    errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
-                   errno.EPERM: "operation not permitted"}
+                   errno.EPERM: "operation not permitted",
+                   errno.EFBIG: "the file is larger than the file system or the process's file size limit allows"}
 # A name that becomes one path component: no separators, no "..", no leading dot or dash.
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+=-]*$")
 
 
-class ArtifactWriteError(OSError):
+class ArtifactWriteError(UserError, OSError):
     """An artifact could not be written (disk full, read-only, no permission); the message names the path and
     what to free. Subclasses OSError with the original errno, so `except OSError` callers keep working."""
 
 
-class ArtifactCorruptError(ValueError):
+class ArtifactCorruptError(UserError, ValueError):
     """A cached artifact on disk is truncated, undecodable or does not match its recorded hash; the message
     names the file and the fix (delete it, or rerun, which regenerates it)."""
 
 
-class UnsafeNameError(ValueError):
+class UnsafeNameError(UserError, ValueError):
     """A name that reaches the file system would escape its folder or is not one plain path component."""
 
 
@@ -48,6 +52,8 @@ def storage_error(err: OSError, path: str | os.PathLike, action: str = "write") 
     """`err` rewritten with the path and the fix when it is a storage error; otherwise `err` unchanged."""
     why = _STORAGE_ERRNOS.get(err.errno)
     if why is None:
+        if err.filename is None:  # e.g. EIO from write(): keep the error, but say which artifact it hit
+            err.filename = str(path)
         return err
     path = Path(path)
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -59,6 +65,10 @@ def storage_error(err: OSError, path: str | os.PathLike, action: str = "write") 
         fix = (f"free space on the file system holding {path.parent}{room}: delete old runs, image caches "
                "(outputs/images/...) or attribution scores you no longer need, or point paths.outputs / "
                "$CAD_OUTPUTS at a larger disk; then rerun (finished files are reused)")
+    elif err.errno == errno.EFBIG:
+        fix = ("raise the file size limit (`ulimit -f unlimited`, or the batch system's file size limit) or point "
+               "paths.outputs / $CAD_OUTPUTS at a file system that holds files this large (FAT32 stops at 4 GiB), "
+               "then rerun")
     elif err.errno == errno.EROFS:
         fix = (f"{path.parent} is on a read-only file system: point paths.outputs / $CAD_OUTPUTS at a writable "
                "folder, then rerun")
@@ -77,6 +87,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        # mkstemp creates 0600 and os.replace keeps it: colleagues sharing the outputs folder could not read it
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -91,6 +103,27 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (os.umask can only be read by setting
+    it, which would briefly give files created meanwhile by other threads the wrong mode)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def share_like_new_file(path: str | os.PathLike, *, folder: bool = False) -> None:
+    """Give a file (0666) or folder (0777) made private by mkstemp/mkdtemp the mode a plain open() or mkdir()
+    would have given it under the umask, before it is renamed into place as an artifact."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~current_umask())
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -145,6 +178,21 @@ def safe_name(name: Any, what: str = "name") -> str:
             "letters, digits and . _ @ + = - only, start with a letter or digit, and contain no '..', no '/' or "
             f"'\\' and no absolute path; e.g. {what}={re.sub(r'[^A-Za-z0-9._-]+', '_', text).strip('._-') or 'x'}")
     return text
+
+
+def path_under(root: str | os.PathLike, *parts: Any) -> Path:
+    """`root/part/part/...` where every part is one path component: a part that is empty, `.`, `..`, absolute
+    or holds a separator is refused (UnsafeNameError), so the result never leaves `root` by its name. The last
+    line of defence behind the config checks (experiments.validate.check_names) for cache folders; symlinks
+    the user made inside the outputs root (a bigger disk for images) are followed as they are."""
+    root = Path(root)
+    for part in parts:
+        text = str(part)
+        if text in ("", ".", "..") or "/" in text or "\\" in text or "\x00" in text or os.path.isabs(text):
+            raise UnsafeNameError(f"{text!r} cannot name a folder under {root}: a cache path is built from plain "
+                                  "names only (no '/', '\\', '..' or absolute path); rename the model, concept, "
+                                  "method or benchmark that carries it")
+    return root.joinpath(*map(str, parts))
 
 
 def as_json(obj: Any) -> Any:

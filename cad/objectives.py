@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from cad.backbones import Backbone, Conditioning, wrap
+from cad.progress import progress as progress_bar
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -48,6 +48,8 @@ class ObjectiveResult:
     terms: list[float] = field(default_factory=list)
     trajectory: list[torch.Tensor] | None = None
     targets: list[torch.Tensor] | None = None
+    # with bucket_ends: the float32 gradient sums as they stood after each bucket's last step (cumulative)
+    snapshots: list[dict[str, torch.Tensor]] | None = None
 
 
 class Gradients:
@@ -58,10 +60,18 @@ class Gradients:
     gradients beside the sum (peak memory: the sum, one tensor's gradient and the activations). Other dtypes
     take autograd.grad into separate float32 buffers. `result()` hands the sums over and puts back whatever
     `.grad` the parameters had, so nothing is left behind.
+
+    With `stream=True` (memory="low") half-precision parameters accumulate through backward() too, and a
+    post-accumulate hook adds each tensor's gradient into its float32 sum the moment autograd writes it, then drops
+    it: at most one half-precision gradient tensor is alive instead of a full set (5.7 GB for FLUX in bf16).
     """
 
-    def __init__(self, params: dict[str, torch.nn.Parameter]):
+    def __init__(self, params: dict[str, torch.nn.Parameter], bucket_ends=(), stream: bool = False):
         self.params = params
+        self._hooks = []
+        # Timestep buckets read the running sum at their ends instead of keeping B sums: the full gradient is
+        # then accumulated exactly as without buckets (bit for bit), and each bucket is a difference of two reads.
+        self.bucket_ends, self.snapshots, self._steps = frozenset(bucket_ends), [], 0
         self.in_place = all(p.dtype == torch.float32 for p in params.values())
         if self.in_place:
             self._saved = {n: p.grad for n, p in params.items()}
@@ -70,9 +80,21 @@ class Gradients:
         else:
             self.buffers = {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device)
                             for n, p in params.items()}
+            if stream:
+                self._saved = {n: p.grad for n, p in params.items()}
+                for name, p in params.items():
+                    p.grad = None
+                    self._hooks.append(p.register_post_accumulate_grad_hook(self._folder(name)))
+        self.streaming = bool(self._hooks)
+
+    def _folder(self, name: str):
+        def fold(p: torch.Tensor) -> None:
+            self.buffers[name].add_(p.grad)  # float32 += half, promoted in place: no float32 copy of the gradient
+            p.grad = None
+        return fold
 
     def add(self, loss: torch.Tensor) -> None:
-        if self.in_place:
+        if self.in_place or self.streaming:
             # inputs=: only these tensors receive gradients, even where other parameters require grad.
             torch.autograd.backward(loss, inputs=list(self.params.values()))
             return
@@ -81,7 +103,26 @@ class Gradients:
             if g is not None:
                 self.buffers[name] += g.float()
 
+    def end_step(self) -> None:
+        """Mark the end of one timestep's terms; at a bucket end, keep a float32 copy of the running sum."""
+        self._steps += 1
+        if self._steps in self.bucket_ends:
+            self.snapshots.append({n: self._running(n, p) for n, p in self.params.items()})
+
+    def _running(self, name: str, p: torch.nn.Parameter) -> torch.Tensor:
+        if not self.in_place:
+            return self.buffers[name].clone()
+        if p.grad is None:  # no term has reached this tensor yet
+            return torch.zeros(p.shape, dtype=torch.float32, device=p.device)
+        return p.grad.detach().clone()
+
     def result(self) -> dict[str, torch.Tensor]:
+        if self.streaming:
+            for h in self._hooks:
+                h.remove()
+            for n, p in self.params.items():
+                p.grad = self._saved[n]
+            return self.buffers
         if not self.in_place:
             return self.buffers
         out = {}
@@ -91,8 +132,8 @@ class Gradients:
         return out
 
 
-def gradients(params: dict | None) -> Gradients | None:
-    return Gradients(params) if params is not None else None
+def gradients(params: dict | None, bucket_ends=(), stream: bool = False) -> Gradients | None:
+    return Gradients(params, bucket_ends, stream) if params is not None else None
 
 
 def schedule_length(steps: int, schedule_steps: int | None) -> int:
@@ -106,21 +147,31 @@ def schedule_length(steps: int, schedule_steps: int | None) -> int:
 
 
 def erase_term(bb: Backbone, sched, x, t, cond: Conditioning, base: Conditioning, params, acc: Gradients | None,
-               pred_base=None):
+               pred_base=None, micro_batch: int | None = None, weight: float = 1.0):
     """One step's || f(x,t,c) - sg(f(x,t,c_base)) ||^2 (mean over the batch), f the denoiser's prediction
     (noise, v or flow velocity); 2 denoiser calls, or 1 when the base prediction `pred_base` is given (a
     fixed target from a reference pass).
 
     Returns (term, cond prediction detached, base prediction) so a trajectory reuses both for its guided step.
+    `micro_batch` (memory="low"): at most that many rows per gradient pass, each chunk's mean weighted by its
+    share of the batch, so the term and its gradient are the batch mean's up to float32 summation order.
     """
-    inp = bb.scale_input(sched, x, t)
     n = x.shape[0]
+    if micro_batch and n > micro_batch:
+        parts = [erase_term(bb, sched, x[s:s + micro_batch], t, cond, base, params, acc,
+                            pred_base=None if pred_base is None else pred_base[s:s + micro_batch],
+                            weight=weight * min(micro_batch, n - s) / n)
+                 for s in range(0, n, micro_batch)]
+        return (sum(p[0] for p in parts), torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts]))
+    inp = bb.scale_input(sched, x, t)
     if pred_base is None:
         with torch.no_grad():
             pred_base = bb.predict(inp, t, base.take(n))
     with torch.set_grad_enabled(params is not None):
         pred_cond = bb.predict(inp, t, cond.take(n))
         term = (pred_cond.float() - pred_base.float()).pow(2).flatten(1).sum(1).mean()
+        if weight != 1.0:
+            term = term * weight
     if acc is not None:
         acc.add(term)
     return term.detach(), pred_cond.detach(), pred_base
@@ -130,7 +181,8 @@ def erase_objective(pipe, prompt: str, *, base_prompt: str = "", negative_prompt
                     guidance: float = 3.0, num_samples: int = 1, seed: int = 0, params: dict | None = None,
                     trajectory: list[torch.Tensor] | None = None, targets: list[torch.Tensor] | None = None,
                     height=None, width=None, progress: bool = False,
-                    schedule_steps: int | None = None) -> ObjectiveResult:
+                    schedule_steps: int | None = None, bucket_ends=(), micro_batch: int | None = None,
+                    stream: bool = False, rows: tuple[int, int] | None = None) -> ObjectiveResult:
     """J_erase along K guided trajectories run as one batch (the `trajectory` estimator when params are given).
 
     `pipe` is a diffusers pipeline of any supported family or a cad Backbone. For flow-matching families the
@@ -145,47 +197,65 @@ def erase_objective(pipe, prompt: str, *, base_prompt: str = "", negative_prompt
 
     `schedule_steps` (None: `steps`): the trajectory runs the first `steps` timesteps of a schedule of that
     length (the reference code's truncated 50-step schedule) instead of a `steps`-step schedule.
+    `micro_batch` and `stream` are memory="low"'s (cad.memory): the gradient passes in chunks of trajectories,
+    half-precision gradients folded into float32 one tensor at a time.
+    `rows=(lo, hi)` (cad.distributed): this process runs only trajectories lo..hi-1 of the K, their x_T drawn as
+    with all K, and their terms weighted by their share of K: the ranks' terms and gradients sum to one
+    process's (to float32 summation order).
     """
     bb, k = wrap(pipe), num_samples
+    lo, hi = rows or (0, k)
+    share = (hi - lo) / k
     sched = bb.scheduler(schedule_length(steps, schedule_steps), height=height, width=width)
     timesteps = sched.timesteps[:steps]
     size = dict(height=height, width=width, guidance=guidance)
-    cond, base = bb.encode(prompt, **size), bb.encode(base_prompt, **size)
+    cond, base = bb.conditioning(prompt, **size), bb.conditioning(base_prompt, **size)
     use_cfg = bb.cfg_active(guidance)
-    uncond = base if negative_prompt == base_prompt else bb.encode(negative_prompt, **size)
+    uncond = base if negative_prompt == base_prompt else bb.conditioning(negative_prompt, **size)
     if trajectory is not None and len(trajectory) != len(timesteps):
         raise ValueError(f"trajectory has {len(trajectory)} latents but the objective visits {steps} steps")
     if targets is not None and (trajectory is None or len(targets) != len(trajectory)):
         raise ValueError("targets (base predictions) need the trajectory they were computed on, one per step")
     x = None if trajectory is not None else bb.initial_latents(
-        sched, k, torch.Generator("cpu").manual_seed(seed), height, width)
-    acc, calls, terms, visited, bases = gradients(params), 0, [], [], []
-    for i, t in enumerate(tqdm(timesteps, desc="J_erase", disable=not progress, leave=False)):
-        x_t = trajectory[i].to(bb.device, bb.dtype) if trajectory is not None else x
+        sched, k, torch.Generator("cpu").manual_seed(seed), height, width)[lo:hi]
+    acc, calls, terms, visited, bases = gradients(params, bucket_ends, stream), 0, [], [], []
+    for i, t in enumerate(progress_bar(timesteps, desc="attribution J_erase", unit="step", enabled=progress, leave=False)):
+        x_t = trajectory[i][lo:hi].to(bb.device, bb.dtype) if trajectory is not None else x
         visited.append(x_t)
-        fixed = targets[i].to(bb.device, bb.dtype) if targets is not None else None
-        term, eps_c, eps_b = erase_term(bb, sched, x_t, t, cond, base, params, acc, pred_base=fixed)
+        if hi == lo:  # more processes than trajectories: this one adds nothing
+            terms.append(0.0)
+            if acc is not None:
+                acc.end_step()
+            continue
+        fixed = targets[i][lo:hi].to(bb.device, bb.dtype) if targets is not None else None
+        term, eps_c, eps_b = erase_term(bb, sched, x_t, t, cond, base, params, acc, pred_base=fixed,
+                                        micro_batch=micro_batch, weight=share)
         calls += 1 if fixed is not None else 2
         bases.append(eps_b)
         terms.append(float(term))
+        if acc is not None:
+            acc.end_step()
         if trajectory is None:
             with torch.no_grad():
                 if use_cfg:
                     if uncond is base:
                         eps_u = eps_b
                     else:
-                        eps_u = bb.predict(bb.scale_input(sched, x_t, t), t, uncond.take(k))
+                        eps_u = bb.predict(bb.scale_input(sched, x_t, t), t, uncond.take(hi - lo))
                         calls += 1
                     eps = bb.combine(eps_u, eps_c, guidance)
                 else:
                     eps = eps_c
                 x = bb.step(sched, eps, t, x_t)
-    return ObjectiveResult(sum(terms), acc.result() if acc else None, calls, terms, visited, bases)
+    return ObjectiveResult(sum(terms), acc.result() if acc else None, calls, terms, visited, bases,
+                           acc.snapshots if acc else None)
 
 
 def amplify_objective(pipe, latents: torch.Tensor, prompt: str, *, steps: int = 50, num_samples: int = 1,
                       seed: int = 0, params: dict | None = None, batch_size: int = 8,
-                      progress: bool = False, schedule_steps: int | None = None) -> ObjectiveResult:
+                      progress: bool = False, schedule_steps: int | None = None,
+                      bucket_ends=(), micro_batch: int | None = None, stream: bool = False,
+                      rows: tuple[int, int] | None = None) -> ObjectiveResult:
     """J_amplify = -sum_t mean_{images, draws} || target - f(add_noise(x_0, eps, t), t, c) ||^2: minus the
     family's training loss, with target eps (epsilon models), v (v-prediction) or eps - x_0 (flow matching,
     x_t = (1 - sigma) x_0 + sigma eps).
@@ -194,6 +264,8 @@ def amplify_objective(pipe, latents: torch.Tensor, prompt: str, *, steps: int = 
     image), so two calls with the same seed see the same noise whatever the model weights. With
     `schedule_steps` (None: `steps`) the timesteps are the `steps` lowest-noise ones of a schedule of that
     length, as the reference code's `timesteps[-t]` loop (compute_negative_neurons.py) takes them.
+    `rows=(lo, hi)` (cad.distributed): this process takes only images lo..hi-1, with the noise drawn for all of
+    them as above and the loss still normalised by all N: the ranks' terms and gradients sum to one process's.
     """
     bb = wrap(pipe)
     if latents.ndim != 4 or latents.shape[1] != bb.latent_channels:
@@ -202,20 +274,24 @@ def amplify_objective(pipe, latents: torch.Tensor, prompt: str, *, steps: int = 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     n = latents.shape[0]
+    lo, hi = rows or (0, n)
     vsf = bb.vae_scale_factor
     sched = bb.scheduler(schedule_length(steps, schedule_steps), height=latents.shape[2] * vsf,
                          width=latents.shape[3] * vsf)
     timesteps = sched.timesteps[len(sched.timesteps) - steps:]
-    cond = bb.encode(prompt, height=latents.shape[2] * vsf, width=latents.shape[3] * vsf)
+    cond = bb.conditioning(prompt, height=latents.shape[2] * vsf, width=latents.shape[3] * vsf)
     gen = torch.Generator("cpu").manual_seed(seed)
     x0 = latents.detach().float().cpu()
-    acc, calls, terms = gradients(params), 0, []
-    for t in tqdm(timesteps, desc="J_amplify", disable=not progress, leave=False):
+    if micro_batch:  # memory="low": fewer images per gradient pass; the loss is normalised by n either way
+        batch_size = min(batch_size, micro_batch)
+    acc, calls, terms = gradients(params, bucket_ends, stream), 0, []
+    for t in progress_bar(timesteps, desc="attribution J_amplify", unit="step", enabled=progress, leave=False):
         term = 0.0
         for _ in range(num_samples):
             noise = torch.randn(x0.shape, generator=gen, dtype=torch.float32)
-            for s in range(0, n, batch_size):
-                e, x0b = noise[s:s + batch_size], x0[s:s + batch_size]
+            for s in range(lo, hi, batch_size):
+                end = min(s + batch_size, hi)
+                e, x0b = noise[s:end], x0[s:end]
                 x_t = bb.add_noise(sched, x0b, e, t).to(bb.device, bb.dtype)
                 target = bb.target(sched, x0b, e, t).to(bb.device)
                 with torch.set_grad_enabled(params is not None):
@@ -226,7 +302,10 @@ def amplify_objective(pipe, latents: torch.Tensor, prompt: str, *, steps: int = 
                     acc.add(loss)
                 term += float(loss.detach())
         terms.append(term)
-    return ObjectiveResult(sum(terms), acc.result() if acc else None, calls, terms, None)
+        if acc is not None:
+            acc.end_step()
+    return ObjectiveResult(sum(terms), acc.result() if acc else None, calls, terms, None,
+                           snapshots=acc.snapshots if acc else None)
 
 
 def load_images(images) -> torch.Tensor | list:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from cad.errors import UserError
 from cad.io import ArtifactCorruptError, as_json, atomic_write_bytes, atomic_write_json, stable_hash
 
 log = logging.getLogger("cad.scores")
@@ -29,7 +30,7 @@ CONFIG_KEYS = ("model", "unet_fingerprint", "concept", "objective", "estimator",
                "num_samples", "seed", "base_prompt", "negative_prompt", "space", "images", "dtype")
 
 
-class ScoresMismatchError(ValueError):
+class ScoresMismatchError(UserError, ValueError):
     """Scores were computed on another model than the one they are being used with, or their sidecar
     disagrees with the identity embedded in the safetensors file."""
 
@@ -95,6 +96,8 @@ class AttributionScores:
 
     scores: dict[str, torch.Tensor]
     meta: dict = field(default_factory=dict)
+    # cad.attribute(time_buckets=B): the alpha of each group of timesteps (not saved with these scores)
+    partials: list[AttributionScores] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         bad = [n for n, s in self.scores.items() if not isinstance(s, torch.Tensor)]

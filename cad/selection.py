@@ -1,10 +1,14 @@
 """select_components(): which weights to zero, given attribution scores, a ratio, a sign and a granularity.
 
-The `row` rule reproduces the reference implementation exactly (mail-research/CAD-attribution4diffusion,
+The `row` rule follows the reference implementation (mail-research/CAD-attribution4diffusion,
 benchmarking/utils.py, `ablate_model`): with k = int(ratio * number of columns),
-- positive: ablate the entries among the k largest of their row that have alpha >= 0;
-- negative: ablate the entries among the k smallest of their row that have alpha <= 0;
+- positive: ablate the entries among the k largest of their row that have alpha > 0;
+- negative: ablate the entries among the k smallest of their row that have alpha < 0;
 - both:     ablate the k largest and the k smallest of each row, whatever their sign.
+One deliberate difference: the reference keeps alpha >= 0 (<= 0); here alpha = 0 is neither positive nor
+negative, so a weight whose removal changes nothing to first order is never selected (with a base prompt equal
+to the prompt J_erase is 0 everywhere, and ">= 0" ablated thousands of weights on ties). The selection may
+therefore ablate fewer than k entries of a row, or none.
 `tensor` applies the rule to each flattened tensor (k = int(ratio * numel); the reference's
 `flatten_pruning`), `global` to all tensors ranked together (k = int(ratio * total)). Tensors that are not
 2-D are ranked by `row` over their first dimension (1-D and scalars as one row).
@@ -16,9 +20,12 @@ Because k is floored per row, the real fraction ablated differs from the nominal
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
+
+log = logging.getLogger("cad.selection")
 
 SIGNS = ("positive", "negative", "both")
 GRANULARITIES = ("row", "tensor", "global")
@@ -57,11 +64,11 @@ def _select_rows(a: torch.Tensor, k: int, sign: str) -> torch.Tensor:
         return mask
     if sign in ("positive", "both"):
         vals, idx = torch.topk(a, k, dim=1, largest=True, sorted=False)
-        mask.scatter_(1, idx, vals >= 0 if sign == "positive" else torch.ones_like(vals, dtype=torch.bool))
+        mask.scatter_(1, idx, vals > 0 if sign == "positive" else torch.ones_like(vals, dtype=torch.bool))
     if sign in ("negative", "both"):
         vals, idx = torch.topk(a, k, dim=1, largest=False, sorted=False)
         low = torch.zeros_like(mask)
-        low.scatter_(1, idx, vals <= 0 if sign == "negative" else torch.ones_like(vals, dtype=torch.bool))
+        low.scatter_(1, idx, vals < 0 if sign == "negative" else torch.ones_like(vals, dtype=torch.bool))
         mask |= low
     return mask
 
@@ -71,10 +78,18 @@ def select_components(scores, ratio: float, sign: str = "positive",
     """Masks name -> bool tensor (True = ablated) of the weights to zero; see the module docstring.
 
     `scores` is a dict name -> float tensor or an AttributionScores. Erase: sign="positive" on J_erase
-    scores; amplify: sign="negative" on J_amplify scores.
+    scores; amplify: sign="negative" on J_amplify scores. "positive" picks only strictly positive scores and
+    "negative" only strictly negative ones: alpha = 0 is never selected by either.
     """
     scores = _check(scores, ratio, sign, granularity)
     if granularity == "row":
+        empty = [n for n, s in scores.items() if int(ratio * _as_rows(s).shape[1]) == 0]
+        if ratio > 0 and empty:
+            # k is floored per row: a narrow tensor silently keeps every weight, so say it once, with the fix
+            widest = max(_as_rows(scores[n]).shape[1] for n in empty)
+            log.warning("%d of %d tensors got k = int(ratio x columns) = 0 at granularity=row (ratio %g, at most "
+                        "%d columns, e.g. %s): nothing is ablated in them; use granularity=tensor or a higher ratio "
+                        "(>= %.3g)", len(empty), len(scores), ratio, widest, empty[0], 1.0 / widest)
         return {n: _select_rows(_as_rows(s), int(ratio * _as_rows(s).shape[1]), sign).reshape(s.shape)
                 for n, s in scores.items()}
     if granularity == "tensor":

@@ -5,12 +5,18 @@ A benchmark is a plain YAML spec under conf/benchmark/ (also a Hydra config-grou
     name: imagenette            # metric keys are "<name>/<metric>"
     version: 1                  # bump whenever the items a spec yields change
     source: {file: imagenette.csv}          # or {file: ..., header: false}, or {generator: toy, ...}
+                                # (a path instead of a bare name: a file of your own, see prompt_lists.py)
     columns: {id: case_number, prompt: prompt, seed: evaluation_seed, label: class}
     constants: {label: nudity}  # item fields that are the same for every row (optional)
     seed_base: 0                # files without a seed column: seed = seed_base + row index
     subsets: {1k: {limit: 1000}, sexual: {filter: {categories: sexual}}}
     limit: null                 # first N items (after subset filtering)
     metrics: [...]              # which metrics the experiments score it with (read by experiments/)
+
+Your own prompt list: `path: /any/prompts.csv` (or .txt, one prompt per line, or a benchmark yaml anywhere)
+in place of `source` (conf/benchmark/file.yaml; evaluation/prompt_lists.py). A CSV without `columns` has
+them found by name (prompt, seed, label, id, guidance and their aliases); a missing or empty seed is
+seed_base + row index.
 
 Items of one spec version are the same whatever subset or limit is asked for (a subset only selects items),
 so generated images are shared between the full benchmark and its subsets.
@@ -30,11 +36,24 @@ from typing import Any
 from cad.io import stable_hash
 
 from .data import PromptDataError, read_rows, resolve_prompt_file, sha256_of
+from .prompt_lists import (
+    anchor_source,
+    detect_columns,
+    is_by_path,
+    is_local_file,
+    local_prompt_file,
+    read_lines,
+    spec_from_path,
+)
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "benchmark"
 _SPEC_KEYS = {"name", "version", "description", "source", "columns", "constants", "seed_base", "subsets",
-              "subset", "limit", "limit_per_label", "metrics", "meta"}
+              "subset", "limit", "limit_per_label", "metrics", "meta", "path"}
 _FIELDS = ("id", "prompt", "seed", "label", "guidance")
+# Every item's seed goes to torch.Generator.manual_seed as is (cad.generate), which takes 0 <= seed < 2**64;
+# a larger one fails there with "Overflow when unpacking long long", after the model has loaded.
+SEED_LIMIT = 2**64
+SEED_RANGE = "0 <= seed < 2**64 (the range torch.Generator.manual_seed takes)"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -73,23 +92,35 @@ class Benchmark:
         return iter(self.items)
 
 
+def items_images_hash(items) -> str:
+    """A hash of what items make their images from: id (the file name), prompt, seed and guidance."""
+    return stable_hash([[i.id, i.prompt, int(i.seed), i.guidance] for i in items], 10)
+
+
 def available_benchmarks() -> list[str]:
-    return sorted(p.stem for p in CONF_DIR.glob("*.yaml"))
+    """The shipped benchmarks (conf/benchmark/), not `file`, which is your own list once given its path."""
+    return sorted(p.stem for p in CONF_DIR.glob("*.yaml") if p.stem != "file")
 
 
 def load_spec(name_or_spec: str | os.PathLike | Mapping) -> dict:
-    """A benchmark spec as a plain dict, from a name in conf/benchmark/, a YAML path, or a mapping."""
+    """A benchmark spec as a plain dict, from a name in conf/benchmark/, a YAML path, or a mapping (one with
+    `path` is completed from the file it names: prompt_lists.spec_from_path)."""
     if isinstance(name_or_spec, Mapping) or hasattr(name_or_spec, "_content"):
         spec = _to_plain(name_or_spec)
+        if is_by_path(spec):
+            spec = spec_from_path(spec)
+        elif "path" in spec:
+            if spec.get("source") is None:
+                raise ValueError(f"benchmark {spec.get('name') or 'file'!r} needs the prompt list's path: "
+                                 "benchmark.path=/path/to/prompts.csv (or .txt, one prompt per line, or a .yaml)")
+            spec.pop("path")
     else:
-        import yaml
-
         path = Path(name_or_spec)
         if path.suffix not in (".yaml", ".yml"):
             path = CONF_DIR / f"{name_or_spec}.yaml"
         if not path.is_file():
             raise ValueError(f"unknown benchmark {name_or_spec!r}: no {path}. Known: {', '.join(available_benchmarks())}")
-        spec = yaml.safe_load(path.read_text()) or {}
+        spec = read_spec_file(path)
     unknown = set(spec) - _SPEC_KEYS
     if unknown:
         raise ValueError(f"benchmark spec has unknown keys {sorted(unknown)}; allowed: {sorted(_SPEC_KEYS)}")
@@ -97,6 +128,16 @@ def load_spec(name_or_spec: str | os.PathLike | Mapping) -> dict:
         if key not in spec:
             raise ValueError(f"benchmark spec {spec.get('name', '?')!r} lacks {key!r}")
     return spec
+
+
+def read_spec_file(path: Path) -> dict:
+    """A spec yaml; a source file named relative to it is found beside it."""
+    import yaml
+
+    spec = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path} is not a benchmark spec (a mapping with name, version, source, ...)")
+    return anchor_source(spec, Path(path).resolve().parent)
 
 
 def _to_plain(obj) -> dict:
@@ -117,16 +158,28 @@ def load_benchmark(
     spec = load_spec(name_or_spec)
     subset = subset if subset is not None else spec.get("subset")
     source = spec["source"]
-    if isinstance(source, Mapping) and "file" in source:
+    if isinstance(source, Mapping) and "file" in source and is_local_file(str(source["file"])):
+        path, digest = local_prompt_file(source)
+        items = _items_from_file(path, spec, header=source.get("header", True), fmt=source.get("format", "csv"))
+        origin = {"file": path.name, "path": str(path), "sha256": digest}
+    elif isinstance(source, Mapping) and "file" in source:
         path = resolve_prompt_file(source["file"], data_dir, sha256=source.get("sha256"))
-        items = _items_from_file(path, spec, header=source.get("header", True))
+        items = _items_from_file(path, spec, header=source.get("header", True), fmt=source.get("format", "csv"))
         origin = {"file": source["file"], "sha256": sha256_of(path)}
     elif isinstance(source, Mapping) and source.get("generator") == "toy":
         items = _toy_items(source)
         origin = {"generator": "toy"}
+    elif isinstance(source, Mapping) and "prompts" in source:
+        items = _prompt_items(source)
+        origin = {"prompts": len(items)}
     else:
-        raise ValueError(f"benchmark {spec['name']!r}: source must be {{file: ...}} or {{generator: toy, ...}}, got {source!r}")
+        raise ValueError(f"benchmark {spec['name']!r}: source must be {{file: ...}}, {{prompts: [...]}} or "
+                         f"{{generator: toy, ...}}, got {source!r}")
     full_hash = stable_hash([list(vars(i).values()) for i in items])
+    # What the images depend on (the label does not change a pixel), over every item of the spec version, so a
+    # subset or limit shares the full benchmark's image folder while changed items (a new template, an edited
+    # file under the same name and version) get their own (cad.generate.image_dir)
+    images_hash = items_images_hash(items)
 
     rule: dict = {}
     if subset is not None:
@@ -145,18 +198,27 @@ def load_benchmark(
                 raise ValueError(f"limit must be a positive number of items, got {n!r}")
             items = items[: int(n)]
     meta = {"spec": spec, "subset": subset, "limit": limit, "source": origin, "n_items": len(items),
-            "items_hash": full_hash, "metrics": list(spec.get("metrics") or []), **(spec.get("meta") or {})}
+            "items_hash": full_hash, "images_hash": images_hash, "metrics": list(spec.get("metrics") or []), **(spec.get("meta") or {})}
     return Benchmark(spec["name"], int(spec["version"]), tuple(items), meta)
 
 
-def _items_from_file(path: Path, spec: dict, header: bool) -> list[Item]:
+def _items_from_file(path: Path, spec: dict, header: bool, fmt: str = "csv") -> list[Item]:
     columns: dict = dict(spec.get("columns") or {})
     constants: dict = dict(spec.get("constants") or {})
+    rows = None
+    if fmt not in ("csv", "lines"):
+        raise ValueError(f"benchmark {spec['name']!r}: source.format={fmt!r}; use csv or lines (one prompt per line)")
+    if fmt == "lines":
+        rows, columns = read_lines(path), {"prompt": "prompt"}
+    elif not columns and header:  # your own CSV: its columns found by name
+        rows = read_rows(path, header=True)
+        columns = detect_columns(path, list(rows[0]))
     bad = (set(columns) | set(constants)) - set(_FIELDS)
     if bad or "prompt" not in columns:
         raise ValueError(f"benchmark {spec['name']!r}: columns must map 'prompt' (and optionally {_FIELDS[2:]} "
                          f"or 'id') to file columns; unknown fields {sorted(bad)}")
-    rows = read_rows(path, header=header, columns=(columns["prompt"],))
+    if rows is None:
+        rows = read_rows(path, header=header, columns=(columns["prompt"],))
     missing = [c for c in columns.values() if c not in rows[0]]
     if missing:
         raise PromptDataError(f"{path}: missing column(s) {missing}; the file has {list(rows[0])}. Fix the file "
@@ -171,11 +233,20 @@ def _items_from_file(path: Path, spec: dict, header: bool) -> list[Item]:
     base = int(spec.get("seed_base") or 0)
     items = []
     for n, (item_id, row) in enumerate(zip(ids, rows), start=1):
-        # Kept as is, even empty: I2P has an empty prompt (row 2261) that the reference protocol renders too.
-        prompt = row[columns["prompt"]].strip()
-        seed = _int(path, n, columns["seed"], row[columns["seed"]]) if "seed" in columns else base + n - 1
-        if "seed" in columns and seed < 0:
-            raise PromptDataError(f"{path}, row {n}, column {columns['seed']!r}: seed {seed} is negative")
+        # Kept as is, even empty: I2P has an empty prompt (row 2261) that the reference protocol renders too. A
+        # cell of spaces only is no such deliberate choice (a slip, or a column shifted by a stray separator).
+        raw = row[columns["prompt"]]
+        prompt = raw.strip()
+        if raw and not prompt:
+            raise PromptDataError(f"{path}, row {n}, column {columns['prompt']!r}: the prompt {raw!r} is whitespace "
+                                  "only; write the prompt, or leave the cell empty for a deliberate empty prompt")
+        # a missing seed (no seed column, or an empty cell in it) is derived from the row
+        given = "seed" in columns and row[columns["seed"]].strip() != ""
+        seed = _int(path, n, columns["seed"], row[columns["seed"]]) if given else base + n - 1
+        if not 0 <= seed < SEED_LIMIT:
+            where = f"column {columns['seed']!r}" if given else f"seed_base {base} + row index"
+            raise PromptDataError(f"{path}, row {n}, {where}: seed {seed} is {'negative' if seed < 0 else 'too large'}"
+                                  f"; seeds lie in {SEED_RANGE}: fix that row's seed (or delete the row)")
         label = row[columns["label"]].strip() if "label" in columns else constants.get("label")
         guidance = (_float(path, n, columns["guidance"], row[columns["guidance"]])
                     if "guidance" in columns else constants.get("guidance"))
@@ -205,7 +276,8 @@ def _int(path: Path, n: int, column: str, raw: str) -> int:
             return int(value)
     except ValueError:
         pass
-    raise PromptDataError(f"{path}, row {n}, column {column!r}: seed {raw!r} is not an integer")
+    raise PromptDataError(f"{path}, row {n}, column {column!r}: seed {raw!r} is not an integer; seeds are whole "
+                          f"numbers in {SEED_RANGE}: fix that row's seed (or delete the row)")
 
 
 def _float(path: Path, n: int, column: str, raw: str) -> float | None:
@@ -250,13 +322,31 @@ def _rows_by_id(path: Path, spec: dict) -> list[dict]:
     return [{**r, "id": i} for i, r in zip(ids, rows)]
 
 
+def _prompt_items(source: Mapping) -> list[Item]:
+    """Items from prompts written in the spec (conf/benchmark/concept.yaml: the concept's own prompt), each with
+    `seeds_per_prompt` seeds from `seed_base`; `label` (optional) labels them all."""
+    prompts = source.get("prompts")
+    if isinstance(prompts, str) or not prompts or not all(isinstance(t, str) and t.strip() for t in prompts):
+        raise ValueError(f"benchmark source prompts must be a list of non-empty texts, not {prompts!r}; with "
+                         "benchmark=concept set the concept's prompt (concept.prompt=...)")
+    n_seeds = int(source.get("seeds_per_prompt", 1))
+    base = int(source.get("seed_base", 0))
+    if n_seeds < 1 or not (0 <= base and base + n_seeds - 1 < SEED_LIMIT):
+        raise ValueError(f"seeds_per_prompt={n_seeds} must be >= 1 and seed_base={base} .. seed_base + "
+                         f"seeds_per_prompt - 1 must lie in {SEED_RANGE}")
+    label = source.get("label")
+    return [Item(f"p{i:03d}-{k:03d}", text, base + k, label, None)
+            for i, text in enumerate(prompts) for k in range(n_seeds)]
+
+
 def _toy_items(source: Mapping) -> list[Item]:
     """Items from the toy world's vocabulary: every filling of `template` x `seeds_per_prompt` seeds."""
     from cad.toy.world import KINDS
 
     template = source.get("template")
-    if not template:
-        raise ValueError("toy benchmark source needs a `template` such as 'a {shape}'")
+    if not isinstance(template, str) or not template.strip():
+        raise ValueError(f"toy benchmark source needs a `template` such as 'a {{shape}}', not {template!r} (empty or "
+                         "whitespace only)")
     fields = re.findall(r"{(\w+)}", template)
     unknown = [f for f in fields if f not in KINDS]
     if unknown:
@@ -266,6 +356,9 @@ def _toy_items(source: Mapping) -> list[Item]:
     if n_seeds < 1:
         raise ValueError(f"seeds_per_prompt must be >= 1, got {n_seeds}")
     base = int(source.get("seed_base", 0))
+    if not (0 <= base and base + n_seeds - 1 < SEED_LIMIT):
+        raise ValueError(f"toy benchmark seeds seed_base={base} .. seed_base + seeds_per_prompt - 1 must lie in "
+                         f"{SEED_RANGE}; e.g. seed_base: 0")
     items = []
     for values in itertools.product(*(KINDS[f] for f in fields)):
         filling = dict(zip(fields, values))

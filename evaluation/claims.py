@@ -22,6 +22,13 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from cad.errors import UserError
+
+
+class ClaimsDataError(UserError, ValueError):
+    """The results rows cannot answer a claim (no rows, a variant missing); the message names the run to do."""
+
+
 # Float noise in a difference of accuracies (1.00 - 0.90) must not flip a verdict at a bar's edge.
 _EPS = 1e-9
 RULES = ("cad", "retain")
@@ -59,8 +66,8 @@ def erase_points(rows: Iterable[Mapping[str, Any]], experiment: str, model: str 
     incomplete = [k for k, p in points.items() if any(n not in p for n in need)]
     if incomplete:
         c, rule, ratio = incomplete[0]
-        raise ValueError(f"{len(incomplete)} erase point(s) lack a variant, e.g. {c} rule {rule} ratio {ratio:g}: "
-                         "run the claims_erase sweep with a random control (method.controls) to the end")
+        raise ClaimsDataError(f"{len(incomplete)} erase point(s) lack a variant, e.g. {c} rule {rule} ratio {ratio:g}: "
+                              "run the claims_erase sweep with a random control (method.controls) to the end")
     return points
 
 
@@ -119,8 +126,8 @@ def amplify_summary(rows: Iterable[Mapping[str, Any]], experiment: str, bars: Ma
         return None
     concepts = {r["concept"] for r in cells}
     if len(concepts) > 1:
-        raise ValueError(f"experiment {experiment!r} has rows of several concepts {sorted(concepts)}; the amplify "
-                         "claim is about one")
+        raise ClaimsDataError(f"experiment {experiment!r} has rows of several concepts {sorted(concepts)}; the amplify "
+                              "claim is about one")
     weak: dict[str, float] = {}
     by_ratio: dict[float, dict] = {}
     erase_ratio = None
@@ -133,8 +140,8 @@ def amplify_summary(rows: Iterable[Mapping[str, Any]], experiment: str, bars: Ma
         elif r.get("variant") == "edited" and r.get("ratio") is not None:
             by_ratio.setdefault(float(r["ratio"]), {"ratio": float(r["ratio"])})[name] = float(r["value"])
     if "target" not in weak or not by_ratio:
-        raise ValueError(f"experiment {experiment!r} needs rows of the erased and edited variants (run it with "
-                         "erase_method=cad_erase)")
+        raise ClaimsDataError(f"experiment {experiment!r} needs rows of the erased and edited variants (run it with "
+                              "erase_method=cad_erase)")
     amp = sorted(by_ratio.values(), key=lambda p: p["ratio"])
     best = max(amp, key=lambda p: p["target"])  # the first ratio of the highest accuracy
     gain = best["target"] - weak["target"]
@@ -177,8 +184,8 @@ def summarize(rows: Iterable[Mapping[str, Any]], claims: Mapping[str, Any]) -> d
     exps, bars, model = claims["experiments"], claims["bars"], claims.get("model")
     points = erase_points(rows, exps["erase"], model)
     if not points:
-        raise ValueError(f"no rows of experiment {exps['erase']!r}: run the claims sweep first "
-                         f"(python -m experiments.run -m experiment={exps['erase']}, or make claims)")
+        raise ClaimsDataError(f"no rows of experiment {exps['erase']!r}: run the claims sweep first "
+                              f"(python -m experiments.run -m experiment={exps['erase']}, or make claims)")
     out = {**erase_summary(points, bars), "bars": dict(bars),
            "amplify": amplify_summary(rows, exps["amplify"], bars, float(claims.get("weak_target", 1.0)), model),
            "fidelity": fidelity_summary(rows, exps["fidelity"], claims.get("paper_fidelity_r"), model)}

@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from cad.errors import UserError
 from cad.io import atomic_write_bytes
 from cad.io import sha256_file as sha256_of  # memoised on (path, size, mtime): coco_30k is hashed once
 
@@ -45,7 +46,7 @@ PROMPT_FILES: dict[str, str] = {
 }
 
 
-class PromptDataError(ValueError):
+class PromptDataError(UserError, ValueError):
     """A prompt file is missing, corrupt or malformed. The message says which file and how to fix it."""
 
 

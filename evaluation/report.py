@@ -20,6 +20,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from cad.errors import UserError
 from cad.io import atomic_write_bytes, atomic_write_text
 
 from . import report_tables as rt
@@ -27,6 +28,10 @@ from .report_tables import latest  # noqa: F401  (part of this module's interfac
 
 # Which key of a benchmark is "erase" and which "retain" for the Pareto plots, by metric suffix.
 PARETO_PAIRS: tuple[tuple[str, str], ...] = (("acc_target", "acc_others"), ("lpips_erased", "lpips_others"))
+
+
+class ResultsLineError(UserError, ValueError):
+    """A line of results.jsonl that is no results row; the message names the file, the line and what is wrong."""
 
 
 def load_results(path: str | os.PathLike) -> list[dict]:
@@ -39,10 +44,42 @@ def load_results(path: str | os.PathLike) -> list[dict]:
     for n, line in enumerate(path.read_text().splitlines(), start=1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}, line {n}: not a JSON row ({err}); remove or repair that line") from err
+                raise ResultsLineError(f"{path} line {n}: not a JSON row ({err}); fix or delete that line") from err
+            what = row_problem(row)
+            if what:
+                raise ResultsLineError(f"{path} line {n}: {what}; fix or delete that line")
+            rows.append(row)
     return rows
+
+
+# What the tables read from every row (experiments/results.py writes them all).
+REQUIRED_FIELDS = ("benchmark", "metric", "concept", "method")
+
+
+def row_problem(row) -> str | None:
+    """Why a parsed results line cannot be a row of the tables (None when it can): hand-edited or foreign
+    lines otherwise crash the report far from the line that caused it."""
+    if not isinstance(row, dict):
+        return f"a JSON {type(row).__name__}, not an object (a results row is {{\"benchmark\": ..., \"metric\": ...}})"
+    missing = [k for k in REQUIRED_FIELDS if row.get(k) in (None, "")]
+    if missing:
+        return f"the row lacks {', '.join(repr(k) for k in missing)} (every results row has {', '.join(REQUIRED_FIELDS)})"
+    bad = [k for k in REQUIRED_FIELDS if not isinstance(row[k], str)]
+    if bad:
+        return ", ".join(f"{k} is {row[k]!r}, not a string" for k in bad)
+    if "value" not in row:
+        return "the row lacks 'value' (a number, or null for a metric with no items)"
+    for key in ("value", "ratio"):
+        v = row.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+            return f"{key} is {v!r}, not a number (or null)"
+    for key in ("protocol", "method_settings"):
+        v = row.get(key)
+        if v is not None and not isinstance(v, dict):
+            return f"{key} is {v!r}, not a JSON object (or null)"
+    return None
 
 
 def markdown_tables(rows: Sequence[dict], metrics: Sequence[str] | None = None) -> str:
@@ -272,4 +309,6 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    from cad.errors import run_main
+
+    run_main(main, hint="set HYDRA_FULL_ERROR=1 to see the traceback")  # input errors: alone, exit status 2

@@ -23,14 +23,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from cad.io import stable_hash
-from evaluation.rows import key_of
+from evaluation.rows import concept_cell, key_of
 
 # Protocol entries that do not change a number: left out of the group signature.
 PROTOCOL_IGNORED = ("versions", "run_id", "run_ids", "time", "run_dir")
 # Line order in Table 1 after "SD"; other methods follow alphabetically, random controls last.
 METHOD_ORDER = ("cad_erase", "cad_amplify", "esd", "uce", "rece", "conceptprune")
 # Column order of a concept's metrics: erase metric, then its retain metric, then the rest alphabetically.
-METRIC_ORDER = ("acc_target", "acc_others", "lpips_erased", "lpips_others", "acc_mean", "nudenet_images",
+METRIC_ORDER = ("acc_target", "acc_others", "lpips_erased", "lpips_others", "clip_presence", "clip_presence_l14",
+                "clip_presence_margin", "clip_presence_l14_margin", "acc_mean", "nudenet_images",
                 "nudenet_image_share", "nudenet_total", "fid", "clip_score_100", "clip_score_cos_mean")
 # Method settings that never name a line: they only choose the random controls or the transfer policy.
 SETTINGS_HIDDEN = ("name", "controls", "allow_other_model", "retain")
@@ -284,7 +285,7 @@ def build_table(group: Group, rows: Sequence[dict], *, wide: bool = False) -> Ta
                            _settings_text(r.get("method_settings")), "method", series, ratio)
             line = new.label
             lines.setdefault(line, new)
-        picked[(line, stage, r["concept"], r["metric"])][seed] = r
+        picked[(line, stage, concept_cell(r), r["metric"])][seed] = r
     cells = {}
     for cell, by_seed in picked.items():
         check_one_size(list(by_seed.values()), f"{group.title()} · {cell}")
@@ -304,7 +305,7 @@ def build_table(group: Group, rows: Sequence[dict], *, wide: bool = False) -> Ta
     seeds = {relabel.get(k, k): v for k, v in seeds.items()}
     stages = [s for s in ("base", "erased", "recalled", "random") if any(c[1] == s for c in cells)] if recall else []
     return Table(group, "recall" if recall else "methods", sorted(lines.values(), key=lambda ln: ln.order),
-                 sorted({r["concept"] for r in rows}),
+                 sorted({concept_cell(r) for r in rows}),
                  sorted({r["metric"] for r in rows}, key=lambda m: _metric_rank(group, m)), cells,
                  dict(seeds), hib, stages, wide, dict(rows[0].get("protocol") or {}))
 
@@ -363,6 +364,12 @@ def cell(table: Table, line: str, key: tuple) -> float | None:
     return None if any(v is None for v in vals) else sum(vals) / len(vals)
 
 
+def unedited_label(model: str) -> str:
+    """The unedited model's line: "SD" as the paper's tables name it for Stable Diffusion models, else the model's
+    own name (the toy world's unedited pipeline is no SD checkpoint)."""
+    return "SD" if str(model).lower().startswith("sd") else f"{model} (unedited)"
+
+
 def render(table: Table, *, heading: str = "###", notes: Sequence[str] = (), title: str = "") -> str:
     """A markdown table with its group in the heading and the protocol and method settings under it."""
     g = table.group
@@ -392,7 +399,8 @@ def render(table: Table, *, heading: str = "###", notes: Sequence[str] = (), tit
         first_col = "erase method" if table.layout == "recall" else "method"
         out += ["| " + first_col + " | " + " | ".join(h for _, h in cols) + " |", "|---|" + "---|" * len(cols)]
         for ln in table.lines:
-            out.append(f"| {ln.label} | " + " | ".join(fmt(cell(table, ln.label, k)) for k, _ in cols) + " |")
+            shown = unedited_label(g.model) if ln.kind == "sd" else ln.label
+            out.append(f"| {shown} | " + " | ".join(fmt(cell(table, ln.label, k)) for k, _ in cols) + " |")
     settings = [f"- {ln.label}: {ln.settings}" for ln in table.lines if ln.settings and ln.kind != "sd"]
     if table.lines and any(ln.kind == "random" for ln in table.lines):
         seeds = sorted({s for ln in table.lines if ln.kind == "random" for s in table.seeds.get(ln.label, ())})

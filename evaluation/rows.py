@@ -20,3 +20,10 @@ def key_of(row: Mapping[str, Any]) -> str:
     # a row with none of the point's fields is its own key
     fields = {k: row.get(k) for k in POINT_FIELDS}
     return "legacy-" + stable_hash(fields if any(v is not None for v in fields.values()) else dict(row), 16)
+
+
+def concept_cell(row: Mapping[str, Any]) -> str:
+    """The concept a report column stands for: its name, and the prompt it was run with when that was overridden
+    on the command line (concept=diamond concept.prompt="a striped circle" is not diamond's result)."""
+    override = row.get("concept_override")
+    return f"{row['concept']} [prompt: {override}]" if override else str(row["concept"])

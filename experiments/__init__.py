@@ -1,7 +1,8 @@
 """Thin Hydra entry points over plain functions in cad/ and evaluation/ (the only package that knows Hydra).
 
-Importing this package registers the `cad.path` resolver the configs use, so that relative output paths are
-taken from the repository root rather than from wherever the command was started.
+Importing this package registers the resolvers the configs use: `cad.path`, so that relative output paths are
+taken from the repository root rather than from wherever the command was started, and `cad.now` (the run
+folders' time stamp, shared by the ranks of a distributed run).
 """
 
 from __future__ import annotations
@@ -25,5 +26,21 @@ def _resolve_path(value: str) -> str:
     return str(path if path.is_absolute() else (repo_root() / path).resolve())
 
 
+# Set by experiments.run in a process group: rank 0's start time, so that every rank's run folder is rank 0's.
+STARTED_ENV = "CAD_RUN_STARTED"
+
+
+def _now(pattern: str) -> str:
+    """Hydra's `now`, except that the ranks of one distributed run share rank 0's instant (CAD_RUN_STARTED):
+    one run folder per run, not one per rank."""
+    from datetime import datetime
+
+    started = os.environ.get(STARTED_ENV)
+    return (datetime.fromisoformat(started) if started else datetime.now()).strftime(pattern)
+
+
 if not OmegaConf.has_resolver("cad.path"):
     OmegaConf.register_new_resolver("cad.path", _resolve_path)
+if not OmegaConf.has_resolver("cad.now"):
+    # cached like Hydra's own `now`: a sweep's jobs copy the launcher's cache, so they share its sweep folder
+    OmegaConf.register_new_resolver("cad.now", _now, use_cache=True)

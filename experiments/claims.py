@@ -20,10 +20,16 @@ from . import CONF_DIR, repo_root
 def claims_config(overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """conf/claims.yaml with command-line style overrides, as a plain resolved dict."""
     from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
     from omegaconf import OmegaConf
 
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("claims", overrides=list(overrides))
+    from .validate import ConfigError
+
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose("claims", overrides=list(overrides))
+    except ConfigCompositionException as err:  # a bad override: the user's to fix (conf/claims.yaml has the keys)
+        raise ConfigError(f"{err} (the keys are those of conf/claims.yaml)") from err
     return OmegaConf.to_container(cfg, resolve=True)
 
 
@@ -49,4 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from cad.errors import run_main
+
+    # an input error (no claims rows yet, a bad override) prints alone with exit status 2
+    sys.exit(run_main(main, hint="set HYDRA_FULL_ERROR=1 to see the traceback"))

@@ -10,24 +10,26 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from cad import distributed
 from cad.edits import ComposedEdit
 
 from .metric_factory import build_metrics
 from .models import erased_view, load_model, resolve_device
 from .pipeline import (
+    claim_run_folder,
     concept_images_cached,
     directions,
     generate_cached,
     method_edits,
     protocol_name,
     protocol_of,
-    run_id_of,
     score_folder,
     timed,
     write_metrics,
 )
+from .planning import log_plan, resolve_memory
 from .results import append_rows, make_rows
-from .validate import check_benchmarks, plan_run
+from .validate import check_benchmarks, concept_prompts, plan_run, prompt_override
 
 log = logging.getLogger("cad.experiments")
 
@@ -48,15 +50,18 @@ def run_erase_eval(cfg: dict, run_dir: str | Path, *, logger=None, run_id: str |
     model, gen = cfg["model"], cfg.get("generation", {})
     plan = plan_run(cfg)
     concept, plugin, erase_plugin, retained = plan.concept, plan.method, plan.erase_method, plan.retained
-    if concept["name"] != cfg["concept"]["name"]:
+    if cfg["concept"].get("name") and concept["name"] != cfg["concept"]["name"]:
         log.info("model=toy: concept %s runs as its toy-world stand-in %s", cfg["concept"]["name"], concept["name"])
     data_dir = cfg["paths"].get("data")
     specs = benchmark_specs(cfg)
     check_benchmarks(specs, data_dir)
+    # attribution.memory=auto made concrete against the free GPU memory, or the run refused, before any load
+    log_plan(cfg, resolve_memory(cfg))
     per_label = gen.get("per_label")
     if per_label:  # an even cut across classes (a plain limit would keep the first class only)
         specs = {role: {**spec, "limit_per_label": int(per_label)} for role, spec in specs.items()}
     benchmarks = {role: load_benchmark(spec, data_dir=data_dir, limit=gen.get("limit")) for role, spec in specs.items()}
+    run_folder = claim_run_folder(run_dir, outputs)  # before the model loads: the run's id and metrics file
 
     # protocol=reference: CAD-Amplify on an erased model takes its concept images from the base model and its
     # gradients from the erased one (the reference code generates before it loads the erased UNet)
@@ -101,16 +106,21 @@ def run_erase_eval(cfg: dict, run_dir: str | Path, *, logger=None, run_id: str |
     sharded = int(gen.get("num_shards", 1)) > 1
     goal = "amplify" if plugin.goal == "amplify" else "erase"
     device = resolve_device(cfg.get("device", "auto"))
-    run = {"run_id": run_id or run_id_of(run_dir, outputs), "experiment": cfg.get("experiment_name"), "model": loaded.key,
+    run = {"run_id": run_id or run_folder.run_id, "experiment": cfg.get("experiment_name"), "model": loaded.key,
            "concept": concept["name"], "method": plugin.name, "ratio": None, "sign": None, "granularity": None,
+           "concept_prompts": concept_prompts(concept), "concept_override": prompt_override(concept, protocol_name(cfg)),
            **plugin.row_fields(), "method_settings": plugin.settings(),
            "scores_path": str(scores_dir) if scores_dir else None,
+           # what the scores were made for (attribution.allow_other_scores may apply another concept's); their
+           # key, not their path, identifies the rows (a moved outputs folder keeps its row keys)
+           **_scores_fields(scores_dir, info),
            "retain": info.get("retain") or None,
            "erase_method": erase_plugin.settings() if erase_plugin is not None else None}
     payload: dict[str, Any] = {"run": run, "attribution_reused": reused, "metrics": {}, "images": {},
                                "method_info": {k: v for k, v in info.items() if k not in ("scores_path",)},
                                "edits": {k: _edit_info(e) for k, e in variants.items() if e is not None}}
     rows = []
+    main = distributed.world().is_main  # in a process group every rank renders its share; rank 0 scores and writes
     for role, bench in benchmarks.items():
         folders = {}
         for variant, e in variants.items():
@@ -118,7 +128,8 @@ def run_erase_eval(cfg: dict, run_dir: str | Path, *, logger=None, run_id: str |
                 folders[variant] = generate_cached(loaded, bench, e, model, gen, outputs,
                                                    desc=f"generate {bench.key} [{variant}]")
         payload["images"][bench.key] = {k: str(v) for k, v in folders.items()}
-        if sharded:
+        distributed.barrier()  # every rank's images are in the cache before rank 0 reads it
+        if sharded or not main:
             continue  # a shard only fills the cache; the run with num_shards=1 scores
         names = list((bench.meta or {}).get("metrics") or [])
         metrics = build_metrics(names, benchmark=bench, concept=concept, goal=goal, kit=loaded.kit, device=device)
@@ -135,15 +146,30 @@ def run_erase_eval(cfg: dict, run_dir: str | Path, *, logger=None, run_id: str |
         _log_grid(logger, bench, folders, run_dir, concept.get("label", concept["name"]) if role == "target" else None)
     if run.get("erase_method") is not None:  # Table 6's lines: which method erased what the edit recalls
         rows = [{**r, "erase_method": run["erase_method"]} for r in rows]
-    write_metrics(run_dir, payload)
-    if rows:
+    write_metrics(run_folder, payload)
+    if rows:  # rank 0's (the others score nothing)
         append_rows(outputs / "results.jsonl", rows)
-    if logger is not None:
+    if logger is not None and main:
         for variant, values in payload["metrics"].items():
             logger.log_metrics({f"{variant}/{k}": v for k, v in values.items()})
         logger.log_table("results", rows)
     payload["rows"] = len(rows)
     return payload
+
+
+def _scores_fields(scores_dir, info: dict) -> dict:
+    """scores_key, scores_concept and scores_objective of the target concept's scores (None without scores)."""
+    if not scores_dir:
+        return {"scores_key": None, "scores_concept": None, "scores_objective": None}
+    from cad.scores import AttributionScores, read_scores_meta
+
+    from .validate import scores_identity
+
+    meta, _ = read_scores_meta(scores_dir)
+    made = scores_identity(meta)
+    key = info.get("scores_key") or AttributionScores({}, meta).key  # the key of the config that made them
+    return {"scores_key": key, "scores_concept": made["concept"],
+            "scores_objective": made["objective"]}
 
 
 def _base_model_images(cfg: dict, plugin) -> bool:

@@ -12,10 +12,11 @@ import logging
 import math
 from pathlib import Path
 
+from cad import distributed
 from cad.io import atomic_write_bytes, atomic_write_json
 
 from .models import load_model
-from .pipeline import attribute_cached, run_id_of, timed, write_metrics
+from .pipeline import attribute_cached, claim_run_folder, timed, write_metrics
 from .results import append_rows, make_rows
 from .validate import ConfigError, check_run
 
@@ -78,6 +79,7 @@ def run_fidelity(cfg: dict, run_dir: str | Path, *, logger=None) -> dict:
     n = int(f.get("n_ablations", 32))
     if n < 3:
         raise ConfigError(f"fidelity.n_ablations={n}: Pearson r needs at least 3")
+    run_folder = claim_run_folder(run_dir, outputs)  # before the model loads: the run's id and metrics file
     with timed("load model"):
         loaded = load_model(model, device=cfg.get("device", "auto"), toy_kit=cfg["paths"].get("toy_kit"))
     with timed("attribution"):
@@ -108,7 +110,7 @@ def run_fidelity(cfg: dict, run_dir: str | Path, *, logger=None) -> dict:
     r = pearson([p["predicted"] for p in points], [p["measured"] for p in points])
     plot = scatter_png(points, r, run_dir / "fidelity_scatter.png", f"{loaded.key} · {concept['name']}")
     atomic_write_json(run_dir / "fidelity_points.json", {"base_objective": base, "points": points})
-    run = {"run_id": run_id_of(run_dir, outputs), "experiment": cfg.get("experiment_name"), "model": loaded.key,
+    run = {"run_id": run_folder.run_id, "experiment": cfg.get("experiment_name"), "model": loaded.key,
            "concept": concept["name"], "method": "random_ablation", "ratio": None, "sign": "positive",
            "granularity": method.get("granularity", "row"), "scores_path": str(scores_dir)}
     metrics = {"fidelity/pearson_r": r, "fidelity/n_ablations": float(n)}
@@ -119,10 +121,11 @@ def run_fidelity(cfg: dict, run_dir: str | Path, *, logger=None) -> dict:
     rows = make_rows(run=run, variant="random", benchmark=BENCHMARK, metrics=metrics,
                      directions={"fidelity/pearson_r": True, "fidelity/n_ablations": None}, protocol=protocol,
                      edit_fingerprint=None)
-    append_rows(outputs / "results.jsonl", rows)
+    if distributed.world().is_main:  # one set of rows per run, in a process group too
+        append_rows(outputs / "results.jsonl", rows)
     payload = {"run": run, "attribution_reused": reused, "metrics": {"random": metrics},
                "base_objective": base, "scatter": str(plot), "n_points": len(points)}
-    write_metrics(run_dir, payload)
+    write_metrics(run_folder, payload)
     if logger is not None:
         logger.log_metrics(metrics)
         logger.log_image("fidelity/scatter", str(plot))

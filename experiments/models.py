@@ -38,9 +38,12 @@ class LoadedModel:
 
 
 def resolve_device(device: str) -> str:
+    """"auto": cuda if available, else cpu; in a process group (cad.distributed) "cuda" is this rank's GPU."""
+    from cad.distributed import local_device
+
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return local_device(device)
 
 
 HALF = ("float16", "fp16", "bfloat16", "bf16")
@@ -77,8 +80,19 @@ def load_model(model: dict, *, device: str = "auto", toy_kit: str | None = None)
         source = str(kit.pipeline_path)
     device = resolve_device(device)
     dtype = run_dtype(model.get("dtype", "float32"), device)
+    device_map = model.get("device_map") or None
+    if device_map:
+        from cad.distributed import world
+
+        if world().size > 1:
+            from cad.backbones.base import ModelLoadError
+
+            raise ModelLoadError(f"model.device_map={device_map} spreads one model over the GPUs, and {world().size} "
+                                 "processes would each do so on the same GPUs; run it in one process (python -m "
+                                 "experiments.run, not torchrun), or drop model.device_map to give each process "
+                                 "its own GPU")
     bb = load_backbone(source, family=model.get("family"), dtype=dtype, device=device,
-                       scheduler=model.get("scheduler", "default"))
+                       scheduler=model.get("scheduler", "default"), device_map=device_map)
     if model.get("max_sequence_length") and hasattr(bb, "max_sequence_length"):
         bb.max_sequence_length = int(model["max_sequence_length"])
     ckpt = model.get("checkpoint")

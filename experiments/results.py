@@ -1,7 +1,8 @@
 """The results table: outputs/results.jsonl, one JSON row per run x variant x benchmark x metric.
 
 Every row carries `row_key`, a hash of what produced it (the run's configuration, variant, benchmark and
-metric; not the run folder or time), so a resumed or repeated sweep point supersedes its old rows instead of
+metric; not the run folder, the time or any path: the scores by their key, the toy kit classifier by its
+sha256), so a resumed or moved or repeated sweep point supersedes its old rows instead of
 adding more: `append_rows` skips rows whose key and value are already in the table, and `read_latest` keeps
 the last row per key. Rows are appended under an exclusive file lock in one `os.write` with O_APPEND, so
 parallel sweep points (joblib processes, SLURM jobs on a shared filesystem) never interleave or tear them;
@@ -27,6 +28,7 @@ log = logging.getLogger("cad.experiments")
 
 ROW_KEYS = ("row_key", "config_hash", "run_id", "experiment", "model", "concept", "method", "variant", "ratio", "sign", "granularity",
             "benchmark", "metric", "value", "higher_is_better", "protocol", "edit_fingerprint", "scores_path",
+            "scores_key", "scores_concept", "scores_objective", "concept_prompts", "concept_override",
             "retain")
 
 
@@ -48,10 +50,15 @@ def make_rows(*, run: Mapping[str, Any], variant: str, benchmark: str, metrics: 
             "row_key": row_key(chash, variant, benchmark, key), "config_hash": chash,
             "run_id": run["run_id"], "experiment": run.get("experiment"), "model": run["model"],
             "concept": run["concept"], "method": run["method"], "variant": variant,
+            # the prompts the concept ran with, and the prompt when it was overridden (the report's cell shows it)
+            "concept_prompts": run.get("concept_prompts"), "concept_override": run.get("concept_override"),
             "ratio": run.get("ratio"), "sign": run.get("sign"), "granularity": run.get("granularity"),
             "benchmark": benchmark, "metric": key, "value": _json_number(value),
             "higher_is_better": directions.get(key), "protocol": dict(protocol),
             "edit_fingerprint": edit_fingerprint, "scores_path": run.get("scores_path"),
+            # the scores' identity and what they were made for (another concept's under allow_other_scores)
+            "scores_key": run.get("scores_key"), "scores_concept": run.get("scores_concept"),
+            "scores_objective": run.get("scores_objective"),
             "retain": run.get("retain"), "method_settings": run.get("method_settings"),
             # amplify_erased: the method (and its settings) that erased the concept first
             "erase_method": run.get("erase_method"),
@@ -60,13 +67,14 @@ def make_rows(*, run: Mapping[str, Any], variant: str, benchmark: str, metrics: 
 
 
 # Run fields that do not change a result: where and when it ran.
-_NOT_IDENTITY = ("run_id", "config_hash", "time", "run_dir")
+# Where: the scores' folder (their `scores_key` is their identity), so a moved outputs folder keeps its keys.
+_NOT_IDENTITY = ("run_id", "config_hash", "time", "run_dir", "scores_path")
 
 
 def config_hash(cfg: Mapping[str, Any]) -> str:
     """Hash of a run's composed config minus what does not change its numbers (output paths, logger, launcher,
-    hydra): the `config_hash` a runner may put into `run` so rows of reruns share their keys."""
-    drop = {"paths", "logger", "launcher", "hydra"}
+    hydra, debug): the `config_hash` a runner may put into `run` so rows of reruns share their keys."""
+    drop = {"paths", "logger", "launcher", "hydra", "debug"}
     return stable_hash({k: v for k, v in dict(cfg).items() if k not in drop}, 16)
 
 
@@ -99,6 +107,9 @@ def read_rows(path: str | os.PathLike) -> list[dict]:
             continue
         if isinstance(row, dict):
             rows.append(row)
+        else:  # hand-edited or foreign: evaluation.report refuses it, naming the line
+            log.warning("%s, line %d is a JSON %s, not a results row; skipped (fix or delete that line)", path, n,
+                        type(row).__name__)
     return rows
 
 
@@ -150,8 +161,13 @@ def append_rows(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> i
                         if os.read(fd, 1) != b"\n":
                             blob = b"\n" + blob
                     try:
-                        if os.write(fd, blob) != len(blob):  # one write: readers see all of it or none
-                            raise OSError(errno.ENOSPC, "short write", str(path))
+                        written = os.write(fd, blob)  # one write: readers see all of it or none
+                        while written < len(blob):
+                            # a short write: the next one raises its cause (EFBIG past `ulimit -f`, ENOSPC)
+                            more = os.write(fd, blob[written:])
+                            if not more:
+                                raise OSError(errno.ENOSPC, "short write", str(path))
+                            written += more
                         os.fsync(fd)
                     except OSError:
                         with contextlib.suppress(OSError):

@@ -79,7 +79,20 @@ def refusal(failures: Sequence[tuple[int, list[str], str]], n_jobs: int, swept: 
 
 
 class ValidateSweep(Callback):
-    """conf/config.yaml registers it under hydra.callbacks; it acts in multirun only."""
+    """conf/config.yaml registers it under hydra.callbacks; it checks every job of a multirun, and of a single
+    run only what Hydra needs before the run's own checks (its run folder goes under paths.outputs)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        # Hydra makes the run folder before the task function runs; a paths.outputs that is a file would fail
+        # that mkdir with a bare NotADirectoryError. Raised as SystemExit: Hydra only warns about a callback's error.
+        from cad.errors import report_user_error
+
+        from .validate import ConfigError, check_outputs
+
+        try:
+            check_outputs(OmegaConf.select(config, "paths.outputs"))
+        except ConfigError as err:
+            raise SystemExit(report_user_error(err)) from None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         overrides = list(config.hydra.overrides.task)
@@ -90,6 +103,22 @@ class ValidateSweep(Callback):
             log.warning("sweep of %d jobs: checking the first %d before launching", len(jobs), MAX_JOBS)
             jobs = jobs[:MAX_JOBS]
         failures = check_jobs(jobs)
+        if OmegaConf.select(config, "plan_only"):  # the sweep's plan, shared work counted once; no job launches
+            from .planning import run_plan, sum_plans
+
+            swept = swept_keys(overrides) | set(params or {})
+            plans, unplanned = [], []
+            for num, job in enumerate(jobs):
+                label = " ".join(o for o in job if o.split("=", 1)[0] in swept) or f"job {num}"
+                try:
+                    plans.append((label, run_plan(job_config(job))))
+                except Exception as err:  # noqa: BLE001 - Hydra would swallow it and launch the jobs
+                    unplanned.append(f"  {label}: no plan ({type(err).__name__}: {err})")
+            lines = sum_plans(plans) + unplanned
+            if failures:  # a plan is for deciding what to fetch or fix: say so, plan all the same
+                lines.append("before running: " + refusal(failures, len(jobs), swept))
+            print("\n".join(lines + ["plan_only=true: stopped before any job ran"]))
+            raise SystemExit(0)
         if failures:
             swept = swept_keys(overrides) | set(params or {})
             print(refusal(failures, len(jobs), swept), file=sys.stderr)

@@ -36,4 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from cad.errors import run_main
+
+    # a missing or tampered kit (KitError) prints alone with exit status 2
+    sys.exit(run_main(main, hint="set HYDRA_FULL_ERROR=1 to see the traceback"))

@@ -18,17 +18,118 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_PROMPTS = REPO.parent / "shared" / "data" / "prompts"
 
 
+# Kernel settings of the session, for `make test-portable` (a test must not pass only on the machine it was
+# written on):
+#   CAD_TEST_THREADS=<n>            torch intra-op threads (default 1, see _torch_kernels)
+#   CAD_TEST_MKLDNN=1 | 0 | mixed   oneDNN on (default), off, or chosen per module instance (MixedKernels)
+MKLDNN_MODES = ("1", "0", "mixed")
+
+
+def kernel_settings() -> tuple[int, str]:
+    """(threads, oneDNN mode) from the environment; bad values stop the session before any test runs."""
+    threads, mkldnn = os.environ.get("CAD_TEST_THREADS", "1"), os.environ.get("CAD_TEST_MKLDNN", "1")
+    if not threads.isdigit() or int(threads) < 1:
+        raise pytest.UsageError(f"CAD_TEST_THREADS={threads!r}: give a positive integer, e.g. CAD_TEST_THREADS=2")
+    if mkldnn not in MKLDNN_MODES:
+        raise pytest.UsageError(f"CAD_TEST_MKLDNN={mkldnn!r}: give one of {', '.join(MKLDNN_MODES)}")
+    return int(threads), mkldnn
+
+
+class MixedKernels:
+    """Global module hooks giving every nn.Module instance its own fixed, seeded choice of oneDNN on or off.
+
+    One object always runs the same kernels, so the same computation twice stays bit-identical (as an edit's
+    restore must be); two separately built, loaded or copied models run different kernels, as they may on
+    another machine (another SIMD path, another memory alignment of loaded weights), so an exact comparison of
+    what they compute fails here on any machine instead of only on some CI host. Code outside any module's
+    forward (and every backward) runs with oneDNN on, and so does everything while `paused` (tests marked
+    same_kernels).
+    """
+
+    active: MixedKernels | None = None  # the session's, for the same_kernels fixture
+
+    def __init__(self, seed: int = 0) -> None:
+        import random
+        import weakref
+
+        self._rng, self._choice, self._stack = random.Random(seed), weakref.WeakKeyDictionary(), []
+        self._handles, self.paused = [], False
+
+    def __enter__(self) -> MixedKernels:
+        from torch.nn.modules import module
+
+        self._handles = [module.register_module_forward_pre_hook(self._enter_module),
+                         module.register_module_forward_hook(self._leave_module, always_call=True)]
+        self._outer, MixedKernels.active = MixedKernels.active, self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._stack.clear()
+        torch.backends.mkldnn.enabled, MixedKernels.active = True, self._outer
+
+    def _enter_module(self, mod, args) -> None:
+        choice = self._choice.get(mod)
+        if choice is None:
+            choice = self._choice[mod] = self._rng.random() < 0.5
+        self._stack.append(torch.backends.mkldnn.enabled)
+        torch.backends.mkldnn.enabled = choice or self.paused
+
+    def _leave_module(self, mod, args, output) -> None:
+        torch.backends.mkldnn.enabled = self._stack.pop() if self._stack else True
+
+
+def pytest_configure(config) -> None:
+    kernel_settings()  # a mistyped CAD_TEST_* fails here, not after minutes of tests
+    config.addinivalue_line(
+        "markers", "same_kernels(reason): the contract is run-to-run determinism on one machine (two separately "
+        "built models compute bit for bit alike); CAD_TEST_MKLDNN=mixed runs the test with one kernel choice")
+
+
+def pytest_report_header(config) -> str:
+    threads, mkldnn = kernel_settings()
+    return f"cad kernels: torch threads {threads}, oneDNN {dict(zip(MKLDNN_MODES, ('on', 'off', 'mixed')))[mkldnn]}"
+
+
 @pytest.fixture(scope="session", autouse=True)
-def _one_thread():
-    """Single-threaded torch for the whole session.
+def _torch_kernels():
+    """Single-threaded torch for the whole session, unless CAD_TEST_THREADS / CAD_TEST_MKLDNN say otherwise.
 
     On a small shared CPU, torch's intra-op thread pool oversubscribes the cores and tiny UNet calls slow
     down by tens of times; one thread is both faster and deterministic here.
     """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    threads, mkldnn = kernel_settings()
+    before = torch.get_num_threads(), torch.backends.mkldnn.enabled
+    torch.set_num_threads(threads)
+    if mkldnn == "mixed":
+        with MixedKernels():
+            yield
+    else:
+        torch.backends.mkldnn.enabled = mkldnn == "1"
+        yield
+    torch.set_num_threads(before[0])
+    torch.backends.mkldnn.enabled = before[1]
+
+
+@pytest.fixture()
+def kernel_mixer() -> type[MixedKernels]:
+    """The MixedKernels class (its `active` instance is the session's under CAD_TEST_MKLDNN=mixed)."""
+    return MixedKernels
+
+
+@pytest.fixture(autouse=True)
+def _same_kernels(request, _torch_kernels):
+    """Tests marked same_kernels run with one kernel choice for every module, even under mixed kernels."""
+    mixed = MixedKernels.active
+    if mixed is None or request.node.get_closest_marker("same_kernels") is None:
+        yield
+        return
+    mixed.paused = True
+    try:
+        yield
+    finally:
+        mixed.paused = False
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ Every tensor that crosses this interface is an *unpacked* latent (N, C, h, w): f
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -28,6 +29,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+
+from cad.errors import UserError
 
 # Families register themselves here when their module is imported (see cad.backbones.get_family).
 REGISTRY: dict[str, type[Backbone]] = {}
@@ -46,7 +49,7 @@ def check_scheduler(scheduler: str | None) -> None:
                          "family's) or null (the model's own)")
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError, RuntimeError):
     """The pipeline's weights could not be found or read."""
 
 
@@ -206,12 +209,18 @@ class Backbone:
 
     @classmethod
     def load(cls, source: str | os.PathLike, *, dtype: str | torch.dtype = "float32", device: str = "cpu",
-             scheduler: str | None = "default", local_files_only: bool | None = None) -> Backbone:
-        """The family's pipeline from a hub id or a local folder (save_pretrained layout), as a Backbone."""
+             scheduler: str | None = "default", local_files_only: bool | None = None,
+             device_map: str | None = None) -> Backbone:
+        """The family's pipeline from a hub id or a local folder (save_pretrained layout), as a Backbone.
+
+        device_map="balanced" (a model larger than one GPU): diffusers' pipeline-level device map places each
+        component on one of the visible GPUs, and `device` is not used; the Backbone's `device` is then the
+        denoiser's, where its inputs go."""
         import diffusers
 
         torch_dtype = resolve_dtype(dtype)
         check_scheduler(scheduler)  # before the (slow) load
+        check_device_map(device_map)
         source = str(source)
         is_dir = Path(source).expanduser().is_dir()
         if local_files_only is None:
@@ -220,9 +229,19 @@ class Backbone:
         try:
             pipe = pipeline_cls.from_pretrained(str(Path(source).expanduser()) if is_dir else source,
                                                 **_dtype_kwarg(torch_dtype), local_files_only=local_files_only,
+                                                **({"device_map": device_map} if device_map else {}),
                                                 **cls.load_kwargs())
         except (OSError, ValueError) as e:
-            where = "the local folder" if is_dir else "the Hugging Face hub cache"
+            if is_dir:  # a local folder: name the file that does not read; downloading is no fix for it
+                from cad.weight_files import LOCAL_FOLDER_FIX, folder_problems
+
+                problems = folder_problems(source)
+                what = ("; ".join(problems) if problems else
+                        f"{type(e).__name__}: {e} (is it a complete {cls.pipeline_class} folder in save_pretrained "
+                        "layout: model_index.json and one subfolder per component?)")
+                raise ModelLoadError(f"could not load {cls.pipeline_class} from the local folder {source}: {what}\n"
+                                     f"Fix: {LOCAL_FOLDER_FIX}.") from e
+            where = "the Hugging Face hub cache"
             raise ModelLoadError(
                 f"could not load {cls.pipeline_class} weights for {source!r} from {where} "
                 f"(local_files_only={local_files_only}): {type(e).__name__}: {e}\n"
@@ -232,7 +251,8 @@ class Backbone:
             ) from e
         bb = cls(pipe)
         bb.set_scheduler(scheduler)
-        pipe.to(device)
+        if not device_map:  # a device-mapped pipeline stays where the map put it (diffusers refuses .to())
+            pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
         return bb
 
@@ -293,6 +313,29 @@ class Backbone:
         """The dtype-independent identity edits record as `made_for` (cad.backbones.base.module_identity)."""
         return module_identity(self.denoiser)
 
+    @staticmethod
+    def group_of(name: str):
+        """Where denoiser parameter `name` sits in the forward pass (a cad.backbones.groups.ComponentGroup);
+        each family sets its own (cad/backbones/groups.py holds the UNet and MMDiT shapes)."""
+        raise NotImplementedError("this model family defines no component grouping; set `group_of` on its "
+                                  "Backbone (cad/backbones/groups.py: unet_group, mmdit_group)")
+
+    @classmethod
+    def group_names(cls, names, level: str = "module") -> dict[str, list[str]]:
+        """{group label: names in it}, groups in forward order (names keep their given order inside a group)."""
+        keyed = [(cls.group_of(n), i, n) for i, n in enumerate(names)]
+        keyed.sort(key=lambda g: (g[0].order, g[1]))
+        out: dict[str, list[str]] = {}
+        for g, _, n in keyed:
+            out.setdefault(g.label(level), []).append(n)
+        return out
+
+    def component_groups(self, space="ff", level: str = "module") -> dict[str, list[str]]:
+        """The tensors of a component space grouped by the denoiser's structure, in forward order."""
+        from cad.components import get_space
+
+        return self.group_names(list(get_space(space, self.family).select(self.denoiser)), level)
+
     def fingerprint(self, denoiser_fp: str | None = None) -> str:
         """A hash over all weights in `fingerprint_modules` (the denoiser's own hash may be passed in)."""
         h = hashlib.blake2b(digest_size=16)
@@ -318,6 +361,33 @@ class Backbone:
         guidance: the guidance the prediction is made at, for guidance-distilled families that take it as an
         input (FLUX [dev]); None: the family's default. CFG families ignore it."""
         raise NotImplementedError
+
+    def conditioning(self, prompt: str, n: int = 1, *, height: int | None = None, width: int | None = None,
+                     guidance: float | None = None) -> Conditioning:
+        """`encode`, answered from the prompt cache while `prompts_cached()` is active: an attribution encodes
+        each prompt once, then runs its gradient passes with the text encoders off the accelerator."""
+        cache = self.__dict__.get("_prompt_cache")
+        if cache is None:
+            return self.encode(prompt, n, height=height, width=width, guidance=guidance)
+        key = (prompt, n, height, width, guidance)
+        if key not in cache:
+            if self.__dict__.get("_encoders_away"):
+                raise RuntimeError(f"prompt {prompt!r} {key[1:]} was not encoded before the text encoders were "
+                                   "moved off the device; encode it inside prompts_cached() before offloading")
+            cache[key] = self.encode(prompt, n, height=height, width=width, guidance=guidance)
+        return cache[key]
+
+    @contextlib.contextmanager
+    def prompts_cached(self):
+        """Within the block, `conditioning` encodes each (prompt, n, size, guidance) once."""
+        outer = self.__dict__.get("_prompt_cache")
+        if outer is None:
+            self._prompt_cache = {}
+        try:
+            yield self
+        finally:
+            if outer is None:
+                self.__dict__.pop("_prompt_cache", None)
 
     def predict(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """The denoiser's output (in `prediction_type`) for unpacked latents x (N, C, h, w) at timestep t."""
@@ -439,6 +509,23 @@ class Backbone:
             if int(v) < unit or int(v) % unit:
                 raise ValueError(f"{side}={v} is not a positive multiple of {unit} ({why}) of this {self.family} "
                                  f"model; use e.g. {self.default_size()}")
+
+
+DEVICE_MAPS = ("balanced",)
+
+
+def check_device_map(device_map: str | None) -> None:
+    """Refuse a device map diffusers cannot honour here, before any weights load: only its pipeline-level
+    "balanced", and only where GPUs are visible (on a CPU diffusers would silently load everything there)."""
+    if not device_map:
+        return
+    if device_map not in DEVICE_MAPS:
+        raise ModelLoadError(f"model.device_map={device_map!r} is not a pipeline-level device map; use "
+                             "model.device_map=balanced (each component on one of the visible GPUs) or null")
+    if not torch.cuda.is_available():
+        raise ModelLoadError("model.device_map=balanced spreads the pipeline over GPUs, but no CUDA device is "
+                             "visible here; set model.device_map=null to load it on one device (device=cpu), "
+                             "or run where the GPUs are")
 
 
 def _dtype_kwarg(torch_dtype: torch.dtype) -> dict:

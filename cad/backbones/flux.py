@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from cad.backbones.base import Backbone, Conditioning
+from cad.backbones.groups import mmdit_group
 
 _DOUBLE = r"^transformer_blocks\.\d+\."
 _SINGLE = r"^single_transformer_blocks\.\d+\."
@@ -104,6 +105,7 @@ class FluxBackbone(Backbone):
     text_encoder_attrs = ("text_encoder", "text_encoder_2")
     uses_cfg = False          # guidance-distilled: no unconditional batch
     spaces = FLUX_SPACES
+    group_of = staticmethod(mmdit_group)   # where each parameter sits (analysis grouping)
     absent_spaces = {"cross_attn": CROSS_ATTN_ABSENT, "conv": CONV_ABSENT}
     default_scheduler = None  # keep the model's FlowMatchEulerDiscreteScheduler
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from cad.backbones.base import Backbone, Conditioning
+from cad.backbones.groups import unet_group
 
 _ATTN = r"\.attn{which}\.(to_q|to_k|to_v|to_out\.0)\.weight$"
 
@@ -33,6 +34,7 @@ class SDBackbone(Backbone):
     denoiser_classes = ("UNet2DConditionModel",)
     text_encoder_attrs = ("text_encoder",)
     spaces = UNET_SPACES
+    group_of = staticmethod(unet_group)   # where each parameter sits (analysis grouping)
     default_scheduler = "ddim"   # the erasure literature samples SD 1.x/2.x with DDIM (ESD, UCE, CAD)
 
     @classmethod

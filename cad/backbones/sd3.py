@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 
 from cad.backbones.base import Backbone, Conditioning
+from cad.backbones.groups import mmdit_group
 
 _BLOCK = r"(^|\.)transformer_blocks\.\d+\."
 _FF_W = r"\.net\.(0\.proj|2)\.weight$"
@@ -66,6 +67,7 @@ class SD3Backbone(Backbone):
     text_encoder_attrs = ("text_encoder", "text_encoder_2", "text_encoder_3")
     uses_cfg = True
     spaces = SD3_SPACES
+    group_of = staticmethod(mmdit_group)   # where each parameter sits (analysis grouping)
     absent_spaces = {"cross_attn": CROSS_ATTN_ABSENT}
     default_scheduler = None          # the model's own FlowMatchEulerDiscreteScheduler
     # T5 tokens per prompt; the pipeline's __call__ default, passed to both encode and generation so the

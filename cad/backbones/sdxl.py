@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from cad.backbones.base import Backbone, Conditioning
+from cad.backbones.groups import unet_group
 from cad.backbones.sd import UNET_SPACES
 
 # DDIM defaults that are wrong for a latent model (clip_sample=True clips x0 to [-1, 1], meaningless for VAE
@@ -45,6 +46,7 @@ class SDXLBackbone(Backbone):
     denoiser_classes = ()
     text_encoder_attrs = ("text_encoder", "text_encoder_2")
     spaces = UNET_SPACES
+    group_of = staticmethod(unet_group)   # where each parameter sits (analysis grouping)
     default_scheduler = None  # sample with the model's own EulerDiscrete, as its model card does
 
     @classmethod

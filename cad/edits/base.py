@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from cad.backbones import denoiser_of, module_identity
+from cad.errors import UserError
 from cad.io import as_json, atomic_write_bytes, atomic_write_json, package_versions
 
 EDIT_FILE = "edit.safetensors"
@@ -29,11 +30,11 @@ META_FILE = "meta.json"
 KINDS: dict[str, type[BaseEdit]] = {}
 
 
-class EditMismatchError(ValueError):
+class EditMismatchError(UserError, ValueError):
     """An edit names a tensor the denoiser lacks, one of another shape, or was made for another model."""
 
 
-class EditFileError(ValueError):
+class EditFileError(UserError, ValueError):
     """An edit file is truncated, unreadable or disagrees with its sidecar."""
 
 

@@ -20,16 +20,19 @@ import dataclasses
 import difflib
 import importlib
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any, ClassVar
 
 from cad.backbones import Backbone
+from cad.errors import UserError
 
 log = logging.getLogger("cad.methods")
 
 
-class MethodConfigError(ValueError):
+class MethodConfigError(UserError, ValueError):
     """A method's settings are unknown or out of range; the message says what to change."""
 
 
@@ -76,13 +79,45 @@ class Method:
         return {}
 
 
-def _locate(target: str):
-    module, _, attr = target.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as err:
-        raise MethodConfigError(f"method _target_ {target!r} cannot be imported ({err}); it must name a Method "
-                                "class, e.g. cad.methods.cad_erase.CADErase") from err
+# Where a `_target_` may point: a class under cad.methods, or one an installed package registers in this entry
+# point group (pyproject.toml: [project.entry-points."cad.methods"] mine = "mypkg.methods:Mine").
+BUILTIN_PACKAGE = "cad.methods"
+ENTRY_POINT_GROUP = "cad.methods"
+_DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
+
+
+def plugin_entry_points() -> list:
+    """The method plugins installed packages register (read from their metadata; nothing is imported)."""
+    return list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+
+
+def _locate(target: str, where: str = "method"):
+    """The class a `_target_` names. Only cad.methods and registered plugins are imported: a config must not be
+    able to import (and so run) an arbitrary module, so the name is checked before anything is imported."""
+    text = str(target).strip()
+    if _DOTTED.match(text) and text.startswith(BUILTIN_PACKAGE + "."):
+        module, _, attr = text.rpartition(".")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as err:
+            raise MethodConfigError(f"{where}._target_={text!r} cannot be imported ({err}); it must name a Method "
+                                    "class, e.g. cad.methods.cad_erase.CADErase") from err
+    for ep in plugin_entry_points():
+        if text in (ep.name, ep.value, ep.value.replace(":", ".")):
+            try:
+                return ep.load()
+            except (ImportError, AttributeError) as err:
+                raise MethodConfigError(f"{where}._target_={text!r}: the plugin entry point {ep.name} = "
+                                        f"{ep.value!r} cannot be loaded ({err}); reinstall the package that "
+                                        "provides it") from err
+    registered = sorted(f"{ep.name} ({ep.value})" for ep in plugin_entry_points())
+    raise MethodConfigError(
+        f"{where}._target_={text!r} is refused: methods are loaded only from {BUILTIN_PACKAGE} (e.g. "
+        f"cad.methods.cad_erase.CADErase) or from a registered plugin, and nothing else is imported. Fix: choose "
+        f"a method option (method=cad_erase, uce, ...), or register your class in your package's pyproject.toml "
+        f"as [project.entry-points.\"{ENTRY_POINT_GROUP}\"] <name> = \"<module>:<Class>\", pip install it, and set "
+        f"_target_ to <name> or <module>.<Class>"
+        + (f". Registered plugins: {', '.join(registered)}" if registered else ""))
 
 
 def build_method(cfg: dict, where: str = "method") -> Method:
@@ -93,7 +128,7 @@ def build_method(cfg: dict, where: str = "method") -> Method:
     if not target:
         raise MethodConfigError(f"method config {cfg.get('name')!r} has no _target_; add e.g. "
                                 "`_target_: cad.methods.cad_erase.CADErase` to its yaml")
-    cls = _locate(str(target))
+    cls = _locate(str(target), where)
     if not (isinstance(cls, type) and issubclass(cls, Method)):
         raise MethodConfigError(f"method _target_ {target!r} is not a cad.methods.Method subclass")
     known = {f.name for f in dataclasses.fields(cls)}

@@ -59,9 +59,32 @@ class ScoreMask(Method):
             scores = retain_ranking(scores, kept, reduce=self.retain_reduce, names=[c["name"] for c in ctx.retain])
             info["retain"] = [c["name"] for c in ctx.retain]
         edit = Edit.from_scores(scores, float(self.ratio), self.sign, self.granularity)
+        if edit.n_ablated == 0:
+            # the "edited" model would be the original one, and its rows would read like a result
+            raise MethodConfigError(self._nothing_ablated(scores))
         edit.meta["method"] = self.name
         controls = {f"random-{s}": Edit.random_like(edit, int(s)) for s in self.controls}
         return MethodOutput(edit, controls, info)
+
+    def _nothing_ablated(self, scores) -> str:
+        import torch
+
+        tensors = getattr(scores, "scores", scores)
+        total = sum(t.numel() for t in tensors.values())
+        signed = {"positive": lambda t: t > 0, "negative": lambda t: t < 0, "both": torch.ones_like}[self.sign]
+        n_signed = sum(int(signed(t.float()).bool().sum()) for t in tensors.values())
+        unit = {"row": max((t.reshape(t.shape[0], -1).shape[1] if t.ndim >= 2 else t.numel())
+                           for t in tensors.values()),
+                "tensor": max(t.numel() for t in tensors.values()), "global": total}[self.granularity]
+        if n_signed == 0:
+            why = (f"no score is {self.sign} (alpha = 0 is neither sign); check the concept's prompts, e.g. a base "
+                   "prompt equal to the prompt makes every alpha 0")
+        else:
+            why = (f"k = int(ratio x {'columns' if self.granularity == 'row' else 'weights'}) is 0; use a higher "
+                   f"ratio (>= {1.0 / unit:.3g})"
+                   + (" or method.granularity=tensor" if self.granularity == "row" else ""))
+        return (f"method.ratio={self.ratio:g} (granularity={self.granularity}, sign={self.sign}) ablates no weight "
+                f"of the {total} in component space {self.space!r}: {why}. Nothing was generated")
 
     def row_fields(self) -> dict:
         return {"ratio": float(self.ratio), "sign": self.sign, "granularity": self.granularity}

@@ -9,13 +9,22 @@ with x_t drawn, each iteration, by running DDIM (eta 0, classifier-free guidance
 noise part of the way down the trajectory of c.
 
 Reference: rohitgandikota/erasing, the paper's code, commit a2189e9ae677aca22a00c361bde25d3d320d8a61
-(`train-scripts/train-esd.py`, `ldm/models/diffusion/ddim.py`). This module follows it ("OLD" in the notes):
+(`train-scripts/train-esd.py`: `train_esd`, its `quick_sample_till_t` over `sample_model`; the CompVis
+`ldm/models/diffusion/ddim.py`: `DDIMSampler.sample` / `ddim_sampling`; `ldm/modules/diffusionmodules/util.py`:
+`make_ddim_timesteps`). This module follows it:
 - x_t is sampled with the model being trained (θ), not the frozen copy (`sample_with: trained`);
-- t_enc ~ U{0..S-1}; DDIM runs its indices S-1 down to t_enc-1 (all S steps when t_enc = 0) and the
-  prediction is scored at a DDPM timestep drawn uniformly in [round(t_enc/S·T), round((t_enc+1)/S·T)), so x_t
-  is ~2 DDIM steps less noisy than the timestep it is scored at (`score_timestep: reference`). The later
-  diffusers rewrite (HEAD 25613d27892326e0c7770f7f3555bea4be150089, esd_sd.py) samples with the frozen model
-  and scores at the latent's own scheduler timestep: `sample_with: frozen`, `score_timestep: matched`;
+- t_enc ~ U{0..S-1} (S DDIM steps, T = 1000 training timesteps). The CompVis DDIM timesteps are 1, 1+T/S, …,
+  T-T/S+1 (1 … 981 for S = 50, the same as diffusers' DDIM with "leading" spacing and steps_offset 1, SD's
+  config); `sample_model` passes `t_start=-1`, which drops the top one, so x_T enters at the second timestep
+  (961) and the sampler runs S - t_enc steps (till_T = t_enc stops it after DDIM index t_enc-1; all S-1 when
+  t_enc = 0): timesteps 961, 941, … down to T/S·(t_enc-1) + 1 (1 when t_enc = 0). The prediction is scored
+  at a DDPM timestep drawn uniformly in [round(t_enc/S·T), round((t_enc+1)/S·T)), so x_t is ~2 DDIM steps less
+  noisy than the timestep it is scored at (`score_timestep: reference`, which selects this whole t_enc rule:
+  `partial_denoising`).
+  The later diffusers rewrite (HEAD 25613d27892326e0c7770f7f3555bea4be150089, `esd_sd.py` with
+  `utils/sd_utils.py:esd_sd_call`) samples with the frozen model, runs the scheduler's timesteps[:t_enc] from
+  the top one and scores at the latent's own timestep timesteps[t_enc]: `sample_with: frozen`,
+  `score_timestep: matched`;
 - parameter filters on UNet names, from the reference's CompVis names mapped to diffusers ones:
   ESD-x (`xattn`) trains every tensor with "attn2" in its name; ESD-u (`noxattn`) trains all others except
   the time embedding and the output head (CompVis `time_embed*`, `out.*` = diffusers `time_embedding.*`,
@@ -91,6 +100,18 @@ def esd_parameter_names(backbone, variant: str) -> list[str]:
     return names
 
 
+def partial_denoising(timesteps: torch.Tensor, t_enc: int, rule: str = "reference") -> torch.Tensor:
+    """The DDIM timesteps x_T is denoised through before the prediction is scored, for draw t_enc in [0, S).
+
+    reference: the CompVis sampler with t_start=-1 drops the top timestep, so x_T enters at the second one and
+    runs S - t_enc steps (S - 1 for t_enc = 0); matched (the rewrite): the first t_enc timesteps, from the top.
+    `timesteps` are the scheduler's, highest first (see the module docstring)."""
+    check_choice("method.score_timestep", rule, SCORE_TIMESTEPS)
+    if rule == "matched":
+        return timesteps[:t_enc]
+    return timesteps[1 : 1 + len(timesteps) - max(int(t_enc), 1)]
+
+
 class _Holder(torch.nn.Module):
     """Holds the denoiser so that functional_call can swap its tensors around one backbone call (`fn`)."""
 
@@ -127,6 +148,12 @@ class ESD(Method):
     score_timestep: str = "reference"  # reference | matched (see the module docstring)
 
     goal: ClassVar[str] = "erase"
+    # Enters the settings, hence the edit cache key: edits trained before x_T entered at the reference's timestep
+    # (revision 1: one extra DDIM step from the top) are never reused.
+    revision: ClassVar[int] = 2
+
+    def settings(self) -> dict:
+        return {**super().settings(), "revision": self.revision}
 
     def validate(self) -> None:
         check_choice("method.variant", self.variant, VARIANTS)
@@ -179,24 +206,24 @@ class ESD(Method):
             swap = {f"denoiser.{n}": p.to(dtype) for n, p in trained.items()}
             return torch.func.functional_call(holder, {**frozen, **swap} if grad else swap, (fn, *args))
 
-        def draw() -> tuple[int, torch.Tensor]:
-            """(DDIM steps to run from x_T, the timestep the prediction is scored at)."""
+        def draw() -> tuple[torch.Tensor, torch.Tensor]:
+            """(the DDIM timesteps to run from x_T, the timestep the prediction is scored at)."""
             k = int(torch.randint(steps, (1,), generator=gen))
+            run = partial_denoising(timesteps, k, self.score_timestep)
             if self.score_timestep == "matched":
-                return k, timesteps[k]
-            # The reference's t_enc: the sampler stops after DDIM index t_enc-1 (S-t_enc+1 steps, all S when
-            # t_enc = 0); the DDPM timestep is uniform in t_enc's bin of the training schedule.
+                return run, timesteps[k]
+            # The reference's t_enc_ddpm: uniform in t_enc's bin of the training schedule.
             lo, hi = round(k / steps * n_train), round((k + 1) / steps * n_train)
             t = int(torch.randint(lo, max(hi, lo + 1), (1,), generator=gen))
-            return min(steps, steps - k + 1), torch.tensor(t, device=bb.device)
+            return run, torch.tensor(t, device=bb.device)
 
         losses: list[float] = []
         for _ in tqdm(range(int(self.iterations)), desc=f"esd-{self.variant}", disable=not ctx.progress,
                       leave=False):
-            n_run, t = draw()
+            run, t = draw()
             with torch.no_grad():
                 x = bb.initial_latents(sched, 1, gen, size, size)
-                for s in timesteps[:n_run]:
+                for s in run:
                     args = (sched, x, s, cond, uncond, float(self.start_guidance))
                     x = with_trained(bb.guided_step, *args) if self.sample_with == "trained" else bb.guided_step(*args)
                 target = esd_target(bb, x, t, cond, uncond, eta)

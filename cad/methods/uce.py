@@ -1,10 +1,11 @@
 """UCE, Unified Concept Editing (Gandikota et al., WACV 2024): a closed-form edit of the cross-attention
 key/value projections, as a weight edit.
 
-Follows the paper code rohitgandikota/unified-concept-editing @ 35e91e2 (`train-scripts/train_erase.py`,
-`edit_model` and its `__main__`), the version RECE (CharlesGong12/RECE @ 403a67f, `erase_methods/train_uce.py`)
-starts from; written from the notes in /work/notes/uce.md, no code copied. For every projection W_old (each
-`attn2.to_k` / `attn2.to_v` of the denoiser, solved independently):
+Follows the paper code rohitgandikota/unified-concept-editing @ 35e91e28df2f2fbcbef105fa079a436641a5142b
+(`train-scripts/train_erase.py`, `edit_model` and its `__main__`), the version RECE (CharlesGong12/RECE
+@ 403a67fd86dce6c124b88798340e001e625b28c9, `erase_methods/train_uce.py`) starts from; our own implementation
+of what that code computes. For every projection W_old (each `attn2.to_k` / `attn2.to_v` of the denoiser,
+solved independently):
 
     W_new = argmin_W  s_e Σ ||W c - v*||² + s_p Σ ||W c_p - W_old c_p||² + λ ||W - W_old||²_F
           = (λ W_old + s_e Σ v* cᵀ + s_p Σ W_old c_p c_pᵀ) (λ I + s_e Σ c cᵀ + s_p Σ c_p c_pᵀ)⁻¹
@@ -17,8 +18,8 @@ Keys (the reference's token positions, `tokens="aligned"`): an erase text and it
 context length; from the erase text's last word token (attention-mask sum - 2) to the end — that token, EOS and
 the padding — paired position by position with the guide's rows from its own last word token (the BOS row for
 an empty guide), both cut to the same length. Preserve texts use the whole sequence, and "" is always
-preserved. `tokens="last"` is the 2025 rewrite's rule (HEAD 28c81ed, `trainscripts/uce_sd_erase.py`): one row
-per text, its last word token.
+preserved. `tokens="last"` is the 2025 rewrite's rule (HEAD 28c81ed5a3e41277c1a0dc55f738e7ab188e9718,
+`trainscripts/uce_sd_erase.py`, `UCE`): one row per text, its last word token.
 
 Defaults (35e91e2): λ = 0.5 (hard-coded in its `edit_model` call), erase_scale 1, preserve_scale
 max(0.1, 1/len(preserve texts)) (1.0 with the default [""]), technique "replace", to_k and to_v edited, guide

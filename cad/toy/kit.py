@@ -30,14 +30,15 @@ from pathlib import Path
 
 import torch
 
-from cad.io import atomic_write_json, package_versions
+from cad.errors import UserError
+from cad.io import atomic_write_json, package_versions, share_like_new_file
 
 KIT_VERSION = 1
 DEFAULT_KIT = Path(__file__).resolve().parent / "kit"
 RETRAIN_HINT = "retrain it with `python -m experiments.toy_kit` (or pass the folder of a kit you trained)"
 
 
-class KitError(RuntimeError):
+class KitError(UserError, RuntimeError):
     """A kit folder is missing, incomplete or fails its checksums."""
 
 
@@ -284,6 +285,7 @@ def train_kit(out_dir: str | os.PathLike, recipe: str | Recipe = "full", *, prog
     # Build the kit beside its destination, then rename: a crash never leaves a half-written kit.
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    share_like_new_file(tmp, folder=True)  # mkdtemp's 0700 would survive the rename
     try:
         dtype = torch.float16 if r.storage_dtype == "float16" else torch.float32
         pipe.to(dtype).save_pretrained(tmp / "pipeline", safe_serialization=True)

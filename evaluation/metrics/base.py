@@ -20,10 +20,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cad.errors import UserError
 from cad.io import package_versions
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(UserError, RuntimeError):
     """Pretrained weights for a metric backbone could not be loaded (offline, not cached, bad file)."""
 
 

@@ -104,7 +104,10 @@ class ClassifierAccuracy(Metric):
         from cad.toy.world import KINDS, kind_of
 
         head = kind_of(target)
-        kw.setdefault("weights", f"toy kit classifier from {getattr(kit, 'path', None) or 'the bundled kit'}")
+        # the weights' sha256 (the kit manifest's), never the kit's folder: rows are keyed by what made them, and
+        # a kit moved or copied elsewhere must not split a table
+        digest = ((getattr(kit, "manifest", None) or {}).get("files") or {}).get("classifier/model.safetensors")
+        kw.setdefault("weights", f"toy kit classifier sha256:{digest[:16]}" if digest else "toy kit classifier")
         return cls(target, classifier=kit.classifier, class_names=KINDS[head], head=head, **kw)
 
     def label_index(self, label: str) -> int:

@@ -20,9 +20,9 @@ def brute_rows(a: torch.Tensor, k: int, sign: str) -> torch.Tensor:
         for j in range(n):
             v = float(a[r, j])
             if sign == "positive":
-                mask[r, j] = j in top and v >= 0
+                mask[r, j] = j in top and v > 0  # strictly: alpha = 0 is neither sign
             elif sign == "negative":
-                mask[r, j] = j in bottom and v <= 0
+                mask[r, j] = j in bottom and v < 0
             else:
                 mask[r, j] = j in top or j in bottom
     return mask
@@ -77,10 +77,24 @@ def test_row_count_and_sign():
     s = {"w": torch.randn(8, 100, generator=g).abs()}  # all positive
     m = select_components(s, 0.05, "positive")["w"]
     assert m.sum(1).tolist() == [5] * 8  # k = floor(0.05 * 100) per row
-    assert not select_components(s, 0.05, "negative")["w"].any()  # no alpha <= 0 anywhere
+    assert not select_components(s, 0.05, "negative")["w"].any()  # no alpha < 0 anywhere
     assert select_components(s, 0.05, "both")["w"].sum() == 80
     info = count_ablated({"w": m})
     assert info["n_ablated"] == 40 and info["n_total"] == 800 and info["fraction"] == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("granularity", ["row", "tensor", "global"])
+def test_zero_scores_are_neither_positive_nor_negative(granularity):
+    """A base prompt equal to the prompt makes J_erase 0 everywhere: all alpha = 0 must ablate nothing (the
+    reference's ">= 0" ablated every top-k tie), and zeros among signed scores are never picked either."""
+    zeros = {"a.ff.weight": torch.zeros(6, 40), "b.ff.weight": torch.zeros(5, 23)}
+    for sign in ("positive", "negative"):
+        assert not any(m.any() for m in select_components(zeros, 0.5, sign, granularity).values())
+    mixed = {"w": torch.tensor([[3.0, 0.0, 0.0, -2.0], [0.0, 0.0, 0.0, 1.0]])}
+    pos = select_components(mixed, 0.5, "positive", granularity)["w"]
+    neg = select_components(mixed, 0.5, "negative", granularity)["w"]
+    assert not (pos | neg)[mixed["w"] == 0].any()
+    assert pos[0, 0] and neg[0, 3]
 
 
 def test_real_fraction_differs_from_nominal():
@@ -127,3 +141,22 @@ def test_random_masks_same_count_and_seeded():
         assert int(r1[n].sum()) == int(masks[n].sum()) and r1[n].shape == masks[n].shape
         assert torch.equal(r1[n], r2[n])
     assert any(not torch.equal(r1[n], r3[n]) for n in masks)
+
+
+def test_row_granularity_warns_once_about_tensors_left_untouched(caplog):
+    """k = int(ratio x columns) is 0 in rows narrower than 1/ratio: one warning says how many and the fix."""
+    import logging
+
+    s = {"narrow.weight": torch.randn(4, 32), "narrow2.weight": torch.randn(4, 40), "wide.weight": torch.randn(4, 200)}
+    with caplog.at_level(logging.WARNING, logger="cad.selection"):
+        masks = select_components(s, 0.01, "both", "row")
+    assert not masks["narrow.weight"].any() and masks["wide.weight"].any()
+    warnings = [r for r in caplog.records if r.name == "cad.selection"]
+    assert len(warnings) == 1
+    assert "2 of 3 tensors got k = int(ratio x columns) = 0" in warnings[0].getMessage()
+    assert "use granularity=tensor or a higher ratio" in warnings[0].getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cad.selection"):
+        select_components(s, 0.01, "both", "tensor")
+        select_components(s, 0.05, "both", "row")
+    assert not [r for r in caplog.records if r.name == "cad.selection"]

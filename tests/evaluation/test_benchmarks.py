@@ -113,11 +113,18 @@ def _spec(file="p.csv", **kw):
     ("case_number,prompt,evaluation_seed\n0,a cat,-3\n", "negative"),
     ("case_number,prompt,evaluation_seed\n0,a cat,1\n0,a dog,2\n", "occurs more than once"),
     ("case_number,prompt,evaluation_seed\na/b,a cat,1\n", "not filename-safe"),
+    # a cell of spaces is refused; an empty cell is a deliberate empty prompt (I2P's row 2261)
+    ("case_number,prompt,evaluation_seed\n0,a cat,1\n1,   ,2\n", r"row 2, column 'prompt': the prompt '   ' is whitespace"),
 ])
 def test_malformed_prompt_files_give_clear_errors(tmp_path, text, match):
     (tmp_path / "p.csv").write_text(text)
     with pytest.raises(PromptDataError, match=match):
         load_benchmark(_spec(), tmp_path)
+
+
+def test_empty_prompt_cell_is_kept_as_a_deliberate_empty_prompt(tmp_path):
+    (tmp_path / "p.csv").write_text("case_number,prompt,evaluation_seed\n0,a cat,1\n1,,2\n")
+    assert [i.prompt for i in load_benchmark(_spec(), tmp_path)] == ["a cat", ""]
 
 
 def test_custom_file_float_seed_and_bad_guidance(tmp_path):
@@ -141,3 +148,5 @@ def test_bad_specs(data_dir):
         load_benchmark("artists", data_dir, limit=0)
     with pytest.raises(ValueError, match="toy template"):
         load_benchmark({"name": "t", "version": 1, "source": {"generator": "toy", "template": "a {size}"}})
+    with pytest.raises(ValueError, match="whitespace only"):
+        load_benchmark({"name": "t", "version": 1, "source": {"generator": "toy", "template": "   "}})

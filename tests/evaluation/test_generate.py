@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from cad.generate import generate, image_dir, read_manifest, sampler_settings
-from evaluation.benchmarks import Item, load_benchmark
+from evaluation.benchmarks import Item, load_benchmark, load_spec
 
 STEPS = 2
 
@@ -150,7 +150,11 @@ def test_image_dir_names_model_edit_sampler_benchmark(pipe, tmp_path):
     s = sampler_settings(pipe, steps=20, guidance=3.0)
     d = image_dir(tmp_path, "org/model", None, s, bench)
     assert d.relative_to(tmp_path).parts[:3] == ("images", "org--model", "original")
-    assert d.name == "toy_objects@v1" and d.parent.name.startswith("s20-g3.0-32x32-")
+    assert d.name == f"toy_objects@v1-{bench.meta['images_hash']}" and d.parent.name.startswith("s20-g3.0-32x32-")
+    # named by every item of the version: a limit shares the folder, other items (a new template) do not
+    assert image_dir(tmp_path, "org/model", None, s, load_benchmark("toy_objects", limit=5)) == d
+    spec = {**load_spec("toy_objects"), "source": {**load_spec("toy_objects")["source"], "template": "one {shape}"}}
+    assert image_dir(tmp_path, "org/model", None, s, load_benchmark(spec, limit=2)) != d
     assert image_dir(tmp_path, "org/model", None, sampler_settings(pipe, steps=20, guidance=3.0), bench) == d
     assert image_dir(tmp_path, "org/model", "abc123", s, bench).parts[-3] == "abc123"
     for other in (sampler_settings(pipe, steps=21, guidance=3.0),

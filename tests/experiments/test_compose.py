@@ -35,10 +35,14 @@ def test_option_composes_with_toy(group, option):
         overrides.append("model.checkpoint=/some/erased-unet.safetensors")
     cfg = compose_plain(overrides)  # resolves every interpolation
     assert cfg["model"]["name"] == "toy"
-    for key in ("name", "prompt", "label"):
-        assert cfg["concept"][key]
+    if option == "custom":  # concept=custom: its prompt comes from the command line, its name from the prompt
+        assert cfg["concept"]["kind"] == "custom" and cfg["concept"]["prompt"] is None
+    else:
+        for key in ("name", "prompt", "label"):
+            assert cfg["concept"][key]
     assert 0 <= cfg["method"].get("ratio", 0) <= 1
-    assert cfg["benchmark"]["name"] and cfg["benchmark"]["version"]
+    # benchmark=file (your own list) is named after its file once benchmark.path is given
+    assert (cfg["benchmark"]["name"] or "path" in cfg["benchmark"]) and cfg["benchmark"]["version"]
     assert cfg["paths"]["outputs"].startswith("/")
     if group == "experiment" and option != "fidelity":
         # the toy twin replaced the real benchmarks by toy ones: runnable at micro size

@@ -1,5 +1,10 @@
-"""protocol=reference (the default) reproduces the authors' code's settings (mail-research/CAD-attribution4diffusion
-@ 18b257e, /work/notes/cad_reference_protocol.md); protocol=cad keeps cad's own. The values are pinned here."""
+"""protocol=reference (the default) reproduces the authors' code's settings; protocol=cad keeps cad's own. The
+values are pinned here. The reference is mail-research/CAD-attribution4diffusion @
+18b257ed1c83bf53b83c707d71ef793540aed4f2: `compute_positive_neurons.py` (J_erase: `get_score`, its argparse
+defaults --start_guidance 3, --ddim_steps 50, the artist prompt "a photo in the style of X"),
+`compute_negative_neurons.py` (J_amplify: `get_score` on `args.target`, `timesteps[-t]`, 10 batches of 5 images
+from `prompt_dict`), `diffuser_custom_generate.py` (`custom_sample`, `timesteps[:until_t]`) and its README
+(object and nudity prompts); docs/EXPERIMENTS.md "Protocols" tabulates each value against its source."""
 
 from __future__ import annotations
 

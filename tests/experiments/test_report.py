@@ -81,10 +81,10 @@ def test_markdown_table_is_paper_shaped(table):
                       "| mean acc_target ↓ | mean acc_others ↑ |")
     body = [line for line in lines if line.startswith("| ") and not line.startswith("| method")]
     assert [line.split(" | ")[0][2:] for line in body] == [
-        "SD", "cad_erase@0.001", "cad_erase@0.01", "cad_erase@0.1", "random ↔ cad_erase@0.001 (mean of 1 seed)",
+        "toy (unedited)", "cad_erase@0.001", "cad_erase@0.01", "cad_erase@0.1", "random ↔ cad_erase@0.001 (mean of 1 seed)",
         "random ↔ cad_erase@0.01 (mean of 1 seed)", "random ↔ cad_erase@0.1 (mean of 1 seed)"]
     # each ratio's edit: target = 0.9 - 3 ratio - 0.1 run index, others = 0.8 - ratio; the same for both concepts
-    assert body[0] == "| SD | 0.900 | 0.800 | 0.900 | 0.800 | 0.900 | 0.800 |"
+    assert body[0] == "| toy (unedited) | 0.900 | 0.800 | 0.900 | 0.800 | 0.900 | 0.800 |"
     assert body[2] == "| cad_erase@0.01 | 0.770 | 0.790 | 0.770 | 0.790 | 0.770 | 0.790 |"
     assert len(latest(load_results(table))) == len(load_results(table))
 
@@ -128,6 +128,6 @@ def test_missing_or_broken_table(tmp_path):
     with pytest.raises(FileNotFoundError, match="experiments.run"):
         load_results(tmp_path / "none.jsonl")
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"a": 1}\n{"a": \n')
+    bad.write_text(json.dumps(_rows("circle", "cad_erase", "edited", 0.01, 0.1, 0.9, "r")[0]) + '\n{"a": \n')
     with pytest.raises(ValueError, match="line 2"):
         load_results(bad)

@@ -6,7 +6,7 @@ FluxBackbone with max_sequence_length=32 is passed where cad wraps the pipeline;
 costs time here). Two variants: schnell-like (no guidance embedder, static shift 1.0 as FLUX.1-schnell's
 scheduler config) and dev-like (guidance_embeds=True, resolution-dependent shift).
 
-Covers family_common.md's required tests 1-7 plus: pack/unpack/img_ids parity with FluxPipeline's static
+Covers the family checks 1-7 (docs/ARCHITECTURE.md) plus: pack/unpack/img_ids parity with FluxPipeline's static
 methods, the attribution schedule equal to the pipeline's own, the backbone's sampling loop reproducing the
 pipeline's latents (predict's timestep / guidance / ids plumbing), and the absence of a CFG batch (denoiser
 calls counted).

@@ -2,7 +2,7 @@
 
 Tiny: cad.tiny.build_tiny_sd3_pipeline (2 joint blocks, the first with 3.5-medium's dual attention, the last
 `context_pre_only`), 32x32 images (16x16x16 latents, 64 image tokens), 2-3 flow-matching Euler steps.
-Covers family_common.md's required tests 1-7 plus the flow-matching plumbing they rest on: the schedule is
+Covers the family checks 1-7 (docs/ARCHITECTURE.md) plus the flow-matching plumbing they rest on: the schedule is
 the one the pipeline samples with, x_t = (1 - sigma) x_0 + sigma eps with target eps - x_0 agrees with the
 scheduler's Euler step, latents use the VAE's shift and scale the way the pipeline decodes them, and the
 stateful scheduler steps correctly from a fresh start (the restart estimator).

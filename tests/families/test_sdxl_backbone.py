@@ -2,7 +2,7 @@
 
 Tiny: cad.tiny.build_tiny_sdxl_pipeline (SDXL's level layout: an attention-free first level, 2 transformer
 layers at the deeper level and the mid block; SDXL's Euler scheduler config), 16x16 images (8x8 latents),
-3 DDIM attribution steps. Covers family_common.md's required tests 1-7, plus the SDXL plumbing they rest on:
+3 DDIM attribution steps. Covers the family checks 1-7 (docs/ARCHITECTURE.md), plus the SDXL plumbing they rest on:
 conditioning equals the pipeline's encode_prompt and its time ids, the attribution DDIM is built from the
 model's own Euler config (the sampling scheduler is untouched), and the fingerprint covers text_encoder_2.
 """

@@ -157,8 +157,10 @@ def test_save_load_roundtrip(family, pipes, tmp_path):
     public = lambda cfg: {k: v for k, v in cfg.items() if not k.startswith("_")}  # noqa: E731
     assert public(loaded.scheduler.config) == public(pipe.scheduler.config)
     w0, w1 = _weights(pipe), _weights(loaded)
-    assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)
-    assert np.array_equal(_call(pipe), _call(loaded))
+    assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)  # the weights: bit for bit
+    # The images: a separately loaded model may take another kernel path (its weights sit at other memory
+    # alignments; seen: 5e-7 on AVX-512), so round-off only; a different weight would move them by > 1e-3.
+    np.testing.assert_allclose(_call(loaded), _call(pipe), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -196,6 +196,48 @@ def test_rece_is_a_weight_edit_and_zero_epochs_is_uce(bb):
     assert all(torch.equal(t, build(bb).edit.tensors[n]) for n, t in zero.tensors.items())
 
 
+def _rece_residual(w_start, w_new, advs, guide, retain, lamb=0.1, s_p=0.1):
+    """max over projections of ||W_new mat2 - mat1|| / ||mat1||: the re-edit's normal equations from w_start with
+    erase keys `advs` (targets W guide) and one preserve term per retain embedding."""
+    worst = 0.0
+    for name, w in w_start.items():
+        mat1 = lamb * w + sum((guide @ w.T).T @ a for a in advs) + sum(s_p * (p @ w.T).T @ p for p in retain)
+        mat2 = lamb * torch.eye(w.shape[1], dtype=w.dtype) + sum(a.T @ a for a in advs) + sum(
+            s_p * p.T @ p for p in retain)
+        worst = max(worst, float((w_new[name] @ mat2 - mat1).norm() / mat1.norm()))
+    return worst
+
+
+def test_rece_retains_blank_once_per_concept_as_train_py(bb):
+    """train.py (nudity, unsafe) re-edits with retain_texts = [' '] per erase text, so two concepts weigh the
+    blank prompt twice; train_object.py's rule ("once": "" a single time) is an option and the object default."""
+    nude = {"name": "nudity", "prompt": "nudity", "kind": "nudity"}
+    erase, reg = ["a church", "a tree"], 0.1
+    uce = edited(build(bb, nude, erase=erase))
+    advs = [ref_adversarial(uce, projections(bb), ref_embed(bb.pipe, e)[0], reg) for e in erase]
+    blank, guide = ref_embed(bb.pipe, " ")[0], ref_embed(bb.pipe, " ")[0]
+    per_concept = build(bb, nude, _target_=RECE, erase=erase, epochs=1, regular_scale=reg)
+    once = build(bb, nude, _target_=RECE, erase=erase, epochs=1, regular_scale=reg, rece_retain="once")
+    assert per_concept.info["rece_retain"] == [" ", " "] and per_concept.edit.meta["retain_rule"] == "per_concept"
+    assert once.info["rece_retain"] == [""] and once.edit.meta["retain_rule"] == "once"
+    w_per, w_once = edited(per_concept), edited(once)
+    assert _rece_residual(uce, w_per, advs, guide, [blank, blank]) < 1e-6          # ~4e-8 here
+    assert _rece_residual(uce, w_once, advs, guide, [blank]) < 1e-6
+    # The two rules give different edits: ~4e-4 residual in each other's equations, weights ~8% apart.
+    assert _rece_residual(uce, w_once, advs, guide, [blank, blank]) > 1e-4
+    apart = sum(float(((w_per[n] - w_once[n]) ** 2).sum()) for n in w_per) ** 0.5
+    assert apart > 0.01 * sum(float((w ** 2).sum()) for w in w_per.values()) ** 0.5
+    # Objects follow train_object.py; with one concept and no preserve texts the rules agree.
+    assert build(bb, _target_=RECE, epochs=1).info["rece_retain"] == [""]
+    church_per = build(bb, _target_=RECE, epochs=1, rece_retain="per_concept")
+    assert church_per.info["rece_retain"] == [" "]
+    for name, t in build(bb, _target_=RECE, epochs=1).edit.tensors.items():
+        torch.testing.assert_close(church_per.edit.tensors[name], t, rtol=1e-6, atol=1e-7)
+    # Preserve texts join the per-concept blanks.
+    assert build(bb, nude, _target_=RECE, erase=erase, epochs=0, preserve=["a dog"]).info["rece_retain"] == [
+        " ", " ", "a dog"]
+
+
 def test_rece_defaults_by_kind(bb):
     from cad.methods.rece import RECE as RECEClass
 
@@ -219,7 +261,7 @@ def test_yaml_builds_with_the_dataclass_defaults(name):
     (UCE, {"technique": "project"}), (UCE, {"tokens": "first"}), (UCE, {"erase": []}), (UCE, {"erase": [""]}),
     (UCE, {"erase": ["a"], "guide": ["b", "c"]}), (UCE, {"preserve": 3}), (UCE, {"with_to_k": "yes"}),
     (UCE, {"lambda": 0.5}), (RECE, {"epochs": -1}), (RECE, {"epochs": 1.5}), (RECE, {"regular_scale": 0}),
-    (RECE, {"rece_lamb": 0}), (RECE, {"rece_preserve_scale": -0.1}),
+    (RECE, {"rece_lamb": 0}), (RECE, {"rece_preserve_scale": -0.1}), (RECE, {"rece_retain": "twice"}),
 ])
 def test_bad_settings_are_refused(target, bad):
     with pytest.raises(MethodConfigError):

@@ -69,7 +69,8 @@ def test_kill_9_mid_generation_then_resume(tmp_path):
     assert not list(out.glob(".*.tmp")) and not list((out / CLAIMS_DIR).glob("*.claim"))
     from evaluation.benchmarks import Item
 
-    assert verify_images(out, [Item(f"{k:04d}", "", 0, None, None) for k in range(n)]) == []
+    # the GEN script's items: records are checked against each item's prompt and seed too
+    assert verify_images(out, [Item(f"{k:04d}", f"a circle {k}", 1000 + k, "x", None) for k in range(n)]) == []
 
 
 @pytest.mark.slow

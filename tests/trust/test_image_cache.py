@@ -74,6 +74,28 @@ def test_swapped_image_is_refused_by_scoring_and_regenerated_by_resume(folder, p
     assert score(out, its, [Count()], prefix="b") == {"b/n": 4.0}
 
 
+def test_cached_image_of_another_prompt_or_seed_is_not_this_items(folder, pipe, caplog):
+    """Items changed under the same ids (a new template, an edited file with the same name and version): the
+    records' prompt and seed are checked against the items, so old images are neither scored nor reused."""
+    from dataclasses import replace
+
+    its, out = folder
+    changed = [replace(its[0], prompt="a square 0"), replace(its[1], seed=7), *its[2:]]
+    with pytest.raises(ImageCacheError) as err:
+        score(out, changed, [Count()], prefix="b")
+    assert "0000.png" in str(err.value) and "prompt" in str(err.value)
+    before = _stamp([out / f"{i.id}.png" for i in its])
+    with caplog.at_level(logging.WARNING, logger="cad.generate"):
+        _gen(pipe, changed, out)
+    assert "0000.png" in caplog.text and "'a circle 0' is not the item's 'a square 0'" in caplog.text
+    assert "0001.png" in caplog.text and "seed 1001" in caplog.text
+    after = _stamp([out / f"{i.id}.png" for i in its])
+    assert {k for k in before if before[k] != after[k]} == {"0000.png", "0001.png"}
+    records = read_manifest(out)
+    assert records["0000"]["prompt"] == "a square 0" and records["0001"]["seed"] == 7
+    assert score(out, changed, [Count()], prefix="b") == {"b/n": 4.0}
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "unrecorded"])
 def test_corrupt_or_unrecorded_png_is_detected(folder, pipe, damage, caplog):
     its, out = folder

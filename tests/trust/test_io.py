@@ -47,3 +47,56 @@ def test_unsafe_names_are_refused(bad):
 @pytest.mark.parametrize("good", ["church", "sd14", "toy+ckpt-1a2b", "imagenette@v1", "van_gogh", "a.b"])
 def test_plain_names_pass(good):
     assert safe_name(good, "x") == good
+
+
+@pytest.fixture(params=[0o022, 0o002])
+def umask(request):
+    """The process umask set for one test (022: the usual default; 002: a group-shared cluster folder)."""
+    old = os.umask(request.param)
+    yield request.param
+    os.umask(old)
+
+
+def test_atomic_writes_honour_the_umask(tmp_path, umask):
+    """mkstemp's private 0600 must not survive os.replace: every artifact gets 0666 & ~umask, as open() gives."""
+    import stat
+
+    import torch
+    from PIL import Image
+
+    from cad import Edit
+    from cad.io import atomic_save_image, atomic_write_json, current_umask
+    from cad.scores import AttributionScores
+
+    assert current_umask() == umask
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")  # what the OS gives a new file under this umask
+    atomic_write_bytes(tmp_path / "blob.bin", b"1")
+    atomic_write_json(tmp_path / "meta.json", {"a": 1})
+    atomic_save_image(tmp_path / "item.png", Image.new("RGB", (2, 2)))
+    scores = AttributionScores({"w": torch.ones(2, 3)}, {"model_id": "toy"}).save(tmp_path / "scores")
+    edit = Edit({"w": torch.tensor([[True, False, False], [False, False, True]])}, {})
+    edit.save(tmp_path / "edit")
+    written = [tmp_path / "blob.bin", tmp_path / "meta.json", tmp_path / "item.png",
+               *sorted(scores.iterdir()), *sorted((tmp_path / "edit").iterdir())]
+    want = 0o666 & ~umask
+    assert stat.S_IMODE(plain.stat().st_mode) == want
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == want, path
+
+
+def test_exported_pipeline_folder_honours_the_umask(tmp_path, tiny_pipe, umask):
+    """export_edited_pipeline builds its folder with mkdtemp (0700) and renames it: it gets 0777 & ~umask."""
+    import stat
+
+    import torch
+
+    from cad import Edit
+    from cad.edits import export_edited_pipeline
+
+    name = "down_blocks.0.attentions.0.transformer_blocks.0.ff.net.2.weight"
+    w = dict(tiny_pipe.unet.named_parameters())[name]
+    edit = Edit({name: torch.zeros(w.shape, dtype=torch.bool)}, {})
+    folder = export_edited_pipeline(tiny_pipe, edit, tmp_path / "exported")
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE((folder / "cad_edit.json").stat().st_mode) == 0o666 & ~umask

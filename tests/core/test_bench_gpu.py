@@ -1,0 +1,39 @@
+"""benchmarks/bench_gpu.py off a GPU: refused with the fix named (exit 2), skipped inside `make bench`, and its whole
+code path run by --cpu-smoke on the toy UNet (measurements, the planner beside them, the coefficients it feeds,
+the JSON and markdown it writes)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from benchmarks import bench_gpu
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+def test_refuses_without_cuda(capsys):
+    assert bench_gpu.main([]) == 2
+    err = capsys.readouterr().err
+    assert "needs CUDA" in err and "make bench-gpu" in err and "--cpu-smoke" in err
+    assert bench_gpu.main(None) == 0  # under benchmarks.run (make bench): skipped, not a failure
+
+
+@pytest.mark.slow
+def test_cpu_smoke_writes_the_table_and_feeds_the_planner(tmp_path):
+    coef = tmp_path / "coefficients.json"
+    assert bench_gpu.main(["--cpu-smoke", "--out", str(tmp_path), "--coefficients", str(coef)]) == 0
+    report = json.loads((tmp_path / "bench_gpu.json").read_text())
+    toy = report["archs"][0]
+    assert toy["arch"] == "toy" and set(toy["sizes"]) == {"8", "4"}
+    for mode in ("infer", "low", "fast"):
+        assert toy["sizes"]["8"][mode]["seconds"] > 0
+        assert "seconds" in toy["plan"][mode]  # the planner's estimate beside the measurement
+    assert {"cad_erase", "esd", "uce", "conceptprune"} <= set(toy["edits"])
+    gen = report["generation"]["toy"]
+    assert gen["plain"]["same_images"] and gen["plain"]["ratio"] > 0
+    md = (tmp_path / "bench_gpu.md").read_text()
+    assert "| toy | 64 | float32 | low |" in md and "images/s cad.generate / plain diffusers" in md
+    smoke = json.loads(coef.read_text())["devices"]["cpu-smoke"]
+    assert smoke["archs"]["toy"]["sizes"] == [16, 64] and smoke["efficiency"]["toy"]["fast"] > 0
