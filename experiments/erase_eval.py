@@ -20,6 +20,7 @@ from .pipeline import (
     concept_images_cached,
     directions,
     generate_cached,
+    images_to_generate,
     method_edits,
     protocol_name,
     protocol_of,
@@ -121,6 +122,11 @@ def run_erase_eval(cfg: dict, run_dir: str | Path, *, logger=None, run_id: str |
                                "edits": {k: _edit_info(e) for k, e in variants.items() if e is not None}}
     rows = []
     main = distributed.world().is_main  # in a process group every rank renders its share; rank 0 scores and writes
+    if main:  # before the first image: how much each variant renders and how much the cache already holds
+        for bench in benchmarks.values():
+            for variant, e in variants.items():
+                n, cached = images_to_generate(loaded, bench, e, model, gen, outputs)
+                log.info("images %s [%s]: %d to render, %d already cached", bench.key, variant, n - cached, cached)
     for role, bench in benchmarks.items():
         folders = {}
         for variant, e in variants.items():

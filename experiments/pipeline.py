@@ -272,6 +272,22 @@ def generate_cached(loaded: LoadedModel, benchmark, edit, model: dict, generatio
     return out
 
 
+def images_to_generate(loaded: LoadedModel, benchmark, edit, model: dict, generation: dict,
+                       outputs: Path) -> tuple[int, int]:
+    """(items this run renders for `edit` on `benchmark`, how many of them are already in the image cache): what
+    the run says before it starts generating. Cached = recorded in the folder's manifest with its PNG present
+    (generation still verifies each one against its item before trusting it)."""
+    from cad.generate import image_dir, read_manifest, sampler_settings
+
+    out = image_dir(outputs, loaded.cache_key, edit, sampler_settings(loaded.pipe, **sampler_of(model, generation)),
+                    benchmark)
+    shard, num_shards = int(generation.get("shard", 0)), int(generation.get("num_shards", 1))
+    mine = benchmark.items[shard::num_shards]
+    done = read_manifest(out) if out.is_dir() else {}
+    cached = sum(1 for it in mine if str(it.id) in done and (out / f"{it.id}.png").is_file())
+    return len(mine), cached
+
+
 def _batch_size(generation: dict) -> int | str:
     """generation.batch_size: a count, or "auto" (cad.speed: the largest batch that fits)."""
     value = generation.get("batch_size", 8)
