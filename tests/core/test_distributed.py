@@ -51,8 +51,15 @@ def test_two_gloo_ranks_give_one_process_scores(tmp_path):
         sys.path.remove(str(HERE))
     torchrun(HERE / "distributed_worker.py", str(tmp_path))
     pipe = tiny.build_tiny_pipeline(0)
-    for name, kw in cases().items():
-        one = attribute(pipe, "a photo of a cat", **kw)
+    # the workers run one intra-op thread (distributed_worker.py): so does the one-process reference, whatever the
+    # session's count (make test-portable runs two), so only the split over ranks differs
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ones = {name: attribute(pipe, "a photo of a cat", **kw) for name, kw in cases().items()}
+    finally:
+        torch.set_num_threads(threads)
+    for name, one in ones.items():
         two = AttributionScores.load(tmp_path / name)
         assert two.meta["world_size"] == 2 and one.meta["world_size"] == 1, name
         assert two.key == one.key, name  # the world size is a record, not a setting
