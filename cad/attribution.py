@@ -27,7 +27,7 @@ from cad import distributed
 from cad.backbones import Backbone, wrap
 from cad.components import enable_only, get_space, requires_grad_state, restore_requires_grad
 from cad.io import package_versions
-from cad.memory import checkpointing, encoders_offloaded
+from cad.memory import attention_for_gradients, checkpointing, encoders_offloaded
 from cad.memory import resolve as resolve_memory
 from cad.memory import settings as memory_settings
 from cad.objectives import (
@@ -212,7 +212,7 @@ def attribute(pipe, prompt: str, *, objective: str = "erase", base_prompt: str =
                 size = dict(height=height, width=width, guidance=guidance)
                 for text in {prompt, base_prompt, negative_prompt}:
                     bb.conditioning(text, **size)
-            with encoders_offloaded(bb), checkpointing(unet, mem.checkpointing):
+            with encoders_offloaded(bb), checkpointing(unet, mem.checkpointing), attention_for_gradients(bb.device):
                 if objective == "amplify":
                     res = amplify_objective(bb, latents, prompt, steps=steps, num_samples=num_samples, seed=seed,
                                             params=params, batch_size=batch_size, progress=progress,

@@ -74,6 +74,20 @@ def checkpointing(denoiser: torch.nn.Module, on: bool):
         denoiser.disable_gradient_checkpointing()
 
 
+@contextlib.contextmanager
+def attention_for_gradients(device):
+    """On CUDA the gradient passes use flash, memory-efficient or math SDPA, never cuDNN's fused attention: its
+    backward failed FLUX's on an H200 (torch 2.11 cu130, "mha_graph.execute ... is_good()";
+    benchmarks/results/bench_gpu_h200.md). Elsewhere nothing changes."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+        yield
+
+
 def offload_targets(modules: dict[str, torch.nn.Module | None], device: torch.device) -> list[str]:
     """The modules to move to the CPU for the gradient passes: those on the accelerator `device` the denoiser runs
     on (nothing on a CPU run, nothing already elsewhere)."""

@@ -17,6 +17,7 @@ from cad.io import atomic_write_bytes, atomic_write_json
 
 from .models import load_model
 from .pipeline import attribute_cached, attribution_settings, image_prompt_of, timed, write_metrics
+from .planning import resolve_memory
 from .validate import ConfigError, check_run, effective_concept, load_concept
 
 log = logging.getLogger("cad.experiments")
@@ -91,6 +92,7 @@ def run_analysis(cfg: dict, run_dir: str | Path, *, logger=None) -> dict:
 
     run_dir = Path(run_dir)
     plan = analysis_plan(cfg)
+    resolve_memory(cfg)  # attribution.memory=auto against the visible GPU, before the model loads
     outputs = Path(cfg["paths"]["outputs"])
     model, attribution = cfg["model"], cfg["attribution"]
     protocol = (cfg.get("protocol") or {}).get("name")
@@ -182,7 +184,8 @@ def _attribute_kwargs(concept: dict, attribution: dict, model: dict, objective: 
                 estimator=attribution.get("estimator", "trajectory"), space=space, images=s["images"],
                 image_prompt=image_prompt_of(concept, attribution), num_images=int(attribution.get("num_images", 8)),
                 image_guidance=float(attribution.get("image_guidance", model["guidance"])),
-                schedule_steps=s.get("schedule_steps"), height=res, width=res, progress=False)
+                schedule_steps=s.get("schedule_steps"), height=res, width=res, progress=False,
+                memory=str(attribution.get("memory") or "auto"), micro_batch=attribution.get("micro_batch"))
 
 
 def _buckets_cached(loaded, concept, attribution, model, folder: Path, full, objective, space, buckets: int,

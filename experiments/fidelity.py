@@ -17,6 +17,7 @@ from cad.io import atomic_write_bytes, atomic_write_json
 
 from .models import load_model
 from .pipeline import attribute_cached, claim_run_folder, timed, write_metrics
+from .planning import resolve_memory
 from .results import append_rows, make_rows
 from .validate import ConfigError, check_run
 
@@ -79,6 +80,7 @@ def run_fidelity(cfg: dict, run_dir: str | Path, *, logger=None) -> dict:
     n = int(f.get("n_ablations", 32))
     if n < 3:
         raise ConfigError(f"fidelity.n_ablations={n}: Pearson r needs at least 3")
+    resolve_memory(cfg)  # attribution.memory=auto against the visible GPU; a run that fits in no mode stops here
     run_folder = claim_run_folder(run_dir, outputs)  # before the model loads: the run's id and metrics file
     with timed("load model"):
         loaded = load_model(model, device=cfg.get("device", "auto"), toy_kit=cfg["paths"].get("toy_kit"))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cad import attribute, tiny
-from cad.memory import MODES, checkpointing, offload_targets, resolve, settings
+from cad.memory import MODES, attention_for_gradients, checkpointing, offload_targets, resolve, settings
 
 BUILD = {
     "sd": lambda: tiny.build_tiny_pipeline(0),
@@ -135,3 +135,14 @@ def test_modes_and_resolution():
     assert resolve("auto", fits=lambda m: m == "low") == "low"
     with pytest.raises(ValueError, match="unknown memory mode"):
         resolve("tiny")
+
+
+def test_gradient_passes_on_cuda_leave_out_cudnn_attention():
+    """cuDNN's fused attention failed FLUX's backward on an H200; on CUDA the passes use the other SDPA kernels."""
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    with attention_for_gradients("cuda:0"):
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before
+    with attention_for_gradients("cpu"):  # nothing changes off CUDA
+        assert torch.backends.cuda.cudnn_sdp_enabled() == before

@@ -20,9 +20,17 @@ def _no_loading(monkeypatch):
         raise AssertionError("plan_only loaded a model")
 
     import cad.backbones
+    import experiments.analysis
+    import experiments.erase_eval
+    import experiments.export
+    import experiments.fidelity
     import experiments.models
 
-    monkeypatch.setattr(experiments.models, "load_model", refuse)
+    # The runners bind load_model by name when first imported: import them before patching (one first imported
+    # under the patch would keep the refusing stand-in for the rest of the session) and patch each binding.
+    for module in (experiments.models, experiments.erase_eval, experiments.fidelity, experiments.analysis,
+                   experiments.export):
+        monkeypatch.setattr(module, "load_model", refuse, raising=False)
     monkeypatch.setattr(cad.backbones, "load", refuse)
 
 
