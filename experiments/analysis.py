@@ -16,7 +16,12 @@ from pathlib import Path
 from cad.io import atomic_write_bytes, atomic_write_json
 
 from .models import load_model
-from .pipeline import attribute_cached, attribution_settings, image_prompt_of, timed, write_metrics
+from .pipeline import (
+    attribute_cached,
+    attribute_kwargs,
+    timed,
+    write_metrics,
+)
 from .planning import resolve_memory
 from .validate import ConfigError, check_run, effective_concept, load_concept
 
@@ -175,19 +180,6 @@ def run_analysis(cfg: dict, run_dir: str | Path, *, logger=None) -> dict:
     return payload
 
 
-def _attribute_kwargs(concept: dict, attribution: dict, model: dict, objective: str, space: str) -> dict:
-    """cad.attribute's arguments for the settings attribute_cached names its folder by (the same call)."""
-    s = attribution_settings(model, concept, objective, space, attribution)
-    res = int(model["resolution"])
-    return dict(prompt=s["prompt"], objective=objective, base_prompt=s["base_prompt"], steps=s["steps"],
-                guidance=s["guidance"], num_samples=s["num_samples"], seed=s["seed"],
-                estimator=attribution.get("estimator", "trajectory"), space=space, images=s["images"],
-                image_prompt=image_prompt_of(concept, attribution), num_images=int(attribution.get("num_images", 8)),
-                image_guidance=float(attribution.get("image_guidance", model["guidance"])),
-                schedule_steps=s.get("schedule_steps"), height=res, width=res, progress=False,
-                memory=str(attribution.get("memory") or "auto"), micro_batch=attribution.get("micro_batch"))
-
-
 def _buckets_cached(loaded, concept, attribution, model, folder: Path, full, objective, space, buckets: int,
                     computed: list) -> list:
     """The timestep buckets of the scores in `folder`, cached in folder/time_buckets<B>/<b>; computing them
@@ -200,7 +192,7 @@ def _buckets_cached(loaded, concept, attribution, model, folder: Path, full, obj
     parts = folder / f"time_buckets{buckets}"
     if (parts / "done.json").is_file():
         return [AttributionScores.load(parts / str(b), unet=loaded.pipe) for b in range(buckets)]
-    kw = _attribute_kwargs(concept, attribution, model, objective, space)
+    kw = attribute_kwargs(concept, attribution, model, objective, space, progress=False)
     s = attribute(loaded.backbone, kw.pop("prompt"), time_buckets=buckets, **kw)
     same = all(torch.equal(s.scores[n], full.scores[n]) for n in full.scores)
     if not same:  # another process, device or torch version: the buckets still refine these scores' settings
@@ -253,7 +245,7 @@ def _concentration(bb, erase, plan, figs, summary, plots, scores_of, attribution
     curves, neg_curves, per, rows = {}, {}, {}, []
     for c in plan["concepts"]:
         name, s = c["name"], erase[c["name"]]
-        kw = _attribute_kwargs(c, attribution, model, "erase", plan["space"])
+        kw = attribute_kwargs(c, attribution, model, "erase", plan["space"], progress=False)
         mkw = dict(base_prompt=kw["base_prompt"], steps=kw["steps"], guidance=kw["guidance"],
                    num_samples=kw["num_samples"], seed=kw["seed"], height=res, width=res,
                    schedule_steps=kw["schedule_steps"])
@@ -283,7 +275,7 @@ def _concentration(bb, erase, plan, figs, summary, plots, scores_of, attribution
             att = attribution if plan["amplify_num_samples"] is None else \
                 {**attribution, "num_samples": int(plan["amplify_num_samples"])}
             a = scores_of(c, objective="amplify", att=att)
-            akw = _attribute_kwargs(c, att, model, "amplify", plan["space"])
+            akw = attribute_kwargs(c, att, model, "amplify", plan["space"], progress=False)
             latents = concept_latents(bb, akw["images"], prompt=akw["image_prompt"], num_images=akw["num_images"],
                                       seed=akw["seed"], steps=akw["steps"], guidance=akw["image_guidance"],
                                       batch_size=8, height=res, width=res)
@@ -445,7 +437,7 @@ def _spaces(bb, plan, figs, summary, scores_of, attribution, model) -> dict:
     for c in plan["concepts"]:
         if c["name"] not in plan["spaces"]["concepts"]:
             continue
-        kw = _attribute_kwargs(c, attribution, model, "erase", plan["space"])
+        kw = attribute_kwargs(c, attribution, model, "erase", plan["space"], progress=False)
         mkw = dict(base_prompt=kw["base_prompt"], steps=kw["steps"], guidance=kw["guidance"],
                    num_samples=kw["num_samples"], seed=kw["seed"], height=res, width=res,
                    schedule_steps=kw["schedule_steps"])

@@ -113,20 +113,27 @@ def _saved(folder: Path, main: str) -> bool:
     return (folder / main).is_file() and (folder / "meta.json").is_file()
 
 
+def attribute_kwargs(concept: dict, attribution: dict, model: dict, objective: str, space: str, *,
+                     progress: bool = True) -> dict:
+    """cad.attribute's arguments (`prompt` among them) for the settings attribute_cached names its folder by: the
+    one mapping from a run's config to the call, so every caller computes the cached scores' very attribution."""
+    s = attribution_settings(model, concept, objective, space, attribution)
+    res = int(model["resolution"])
+    return dict(prompt=s["prompt"], objective=objective, base_prompt=s["base_prompt"], steps=s["steps"],
+                guidance=s["guidance"], num_samples=s["num_samples"], seed=s["seed"],
+                estimator=attribution.get("estimator", "trajectory"), space=space, images=s["images"],
+                image_prompt=image_prompt_of(concept, attribution), num_images=int(attribution.get("num_images", 8)),
+                image_guidance=float(attribution.get("image_guidance", model["guidance"])),
+                schedule_steps=s.get("schedule_steps"), height=res, width=res, progress=progress,
+                memory=str(attribution.get("memory") or "auto"), micro_batch=attribution.get("micro_batch"))
+
+
 def _attribute(loaded: LoadedModel, concept: dict, attribution: dict, model: dict, folder: Path, settings: dict,
                objective: str, space: str, protocol: str | None):
     from cad.attribution import attribute
 
-    res = int(model["resolution"])
-    scores = attribute(loaded.backbone, settings["prompt"], objective=objective,
-                       base_prompt=settings["base_prompt"], steps=settings["steps"], guidance=settings["guidance"],
-                       num_samples=settings["num_samples"], seed=settings["seed"],
-                       estimator=attribution.get("estimator", "trajectory"), space=space,
-                       images=settings["images"], image_prompt=image_prompt_of(concept, attribution),
-                       num_images=int(attribution.get("num_images", 8)),
-                       image_guidance=float(attribution.get("image_guidance", model["guidance"])),
-                       schedule_steps=settings.get("schedule_steps"), height=res, width=res, progress=True,
-                       memory=str(attribution.get("memory") or "auto"), micro_batch=attribution.get("micro_batch"))
+    kw = attribute_kwargs(concept, attribution, model, objective, space)
+    scores = attribute(loaded.backbone, kw.pop("prompt"), **kw)
     # concept_name: what a later attribution.scores=<this folder> is checked against (validate.check_scores_folder)
     scores.meta.update(model_id=str(model["id"]), model_key=loaded.key, settings=settings, protocol=protocol,
                        concept_name=concept["name"])
