@@ -173,15 +173,10 @@ NEED_GB = {"sd1": 6.0, "sdxl": 18.0}
 
 def real_arch_pipeline(name: str):
     """The real UNet architecture (random weights, float32, CPU) inside a pipeline with tiny encoders."""
-    from cad.architectures import architecture_config, build_on_meta
+    from benchmarks.denoisers import random_denoiser
+    from cad.architectures import architecture_config
 
-    unet = build_on_meta(name).to_empty(device="cpu")
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in unet.parameters():
-            p.normal_(0, 0.02, generator=gen)
-        for b in unet.buffers():
-            b.zero_()
+    unet = random_denoiser(name, torch.float32)
     cfg = architecture_config(name)
     if name == "sd1":
         from diffusers import StableDiffusionPipeline
