@@ -10,9 +10,13 @@ from . import CONF_DIR
 def compose_config(overrides: list[str] | tuple[str, ...] = (), *, keep_hydra: bool = False):
     """The composed config: a plain resolved dict, or (keep_hydra=True) the DictConfig with its `hydra` node."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+    if GlobalHydra.instance().is_initialized():  # inside a running app (a sweep's callback): its own config dir
         cfg = compose("config", overrides=list(overrides), return_hydra_config=keep_hydra)
+    else:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=list(overrides), return_hydra_config=keep_hydra)
     if keep_hydra:
         return cfg
     with open_dict(cfg):

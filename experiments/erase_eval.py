@@ -30,16 +30,9 @@ from .pipeline import (
 )
 from .planning import log_plan, resolve_memory
 from .results import append_rows, make_rows
-from .validate import check_benchmarks, concept_prompts, plan_run, prompt_override
+from .validate import benchmark_specs, concept_prompts, plan_run, prompt_override
 
 log = logging.getLogger("cad.experiments")
-
-
-def benchmark_specs(cfg: dict) -> dict[str, Any]:
-    """role -> benchmark spec: the `benchmark` group (target) plus the experiment's `retain` entries."""
-    specs = {"target": cfg["benchmark"]}
-    specs.update({role: spec for role, spec in (cfg.get("retain") or {}).items() if spec is not None})
-    return specs
 
 
 def run_erase_eval(cfg: dict, run_dir: str | Path, *, logger=None, run_id: str | None = None) -> dict:
@@ -54,8 +47,7 @@ def run_erase_eval(cfg: dict, run_dir: str | Path, *, logger=None, run_id: str |
     if cfg["concept"].get("name") and concept["name"] != cfg["concept"]["name"]:
         log.info("model=toy: concept %s runs as its toy-world stand-in %s", cfg["concept"]["name"], concept["name"])
     data_dir = cfg["paths"].get("data")
-    specs = benchmark_specs(cfg)
-    check_benchmarks(specs, data_dir)
+    specs = benchmark_specs(cfg)  # plan_run checked each loads (check_assets)
     # attribution.memory=auto made concrete against the free GPU memory, or the run refused, before any load
     log_plan(cfg, resolve_memory(cfg))
     per_label = gen.get("per_label")

@@ -100,8 +100,7 @@ def run_plan(cfg: Mapping[str, Any], *, gpu: str | None = None, free_bytes: int 
     resolved attribution.memory."""
     from evaluation.benchmarks import load_benchmark
 
-    from .erase_eval import benchmark_specs
-    from .validate import effective_concept
+    from .validate import benchmark_specs, effective_concept
 
     model, gen = cfg["model"], cfg.get("generation") or {}
     device = _device(cfg)
@@ -241,11 +240,11 @@ def sum_plans(plans: list[tuple[str, planner.Plan]]) -> list[str]:
 
 def plan_only(cfg: dict) -> dict:
     """plan_only=true: the job's checks and its plan, printed by the runner; nothing loads or is written."""
-    from .validate import PreflightError, preflight
+    from .validate import PreflightError, plan_run
 
     missing = None
     try:
-        preflight(cfg)
+        plan_run(cfg)
     except PreflightError as err:  # a plan is for deciding what to fetch: say what is missing, plan all the same
         missing = str(err)
     lines = run_plan(cfg).lines() + ([f"  before running: {missing}"] if missing else [])

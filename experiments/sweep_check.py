@@ -1,5 +1,5 @@
 """A whole sweep checked before its first job: `-m concept=diamond,striped method.ratio=0.01,0.05` composes every
-job and runs the same checks a job runs before it loads a model (`validate.preflight`), then refuses the sweep,
+job and runs the same checks a job runs before it loads a model (`validate.plan_run`), then refuses the sweep,
 naming each failing job and its reason, if any job would fail. A SLURM array must not burn its first jobs before
 learning that the third cannot work.
 
@@ -14,7 +14,9 @@ import sys
 from collections.abc import Sequence
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
+
+from .config import compose_config
 
 log = logging.getLogger("cad.experiments")
 
@@ -39,31 +41,16 @@ def swept_keys(overrides: Sequence[str]) -> set[str]:
             if o.is_sweep_override()}
 
 
-def job_config(overrides: Sequence[str]) -> dict:
-    """A job's composed, resolved config (without the hydra node), as the runner receives it."""
-    from hydra import compose
-    from hydra.core.global_hydra import GlobalHydra
-
-    if GlobalHydra.instance().is_initialized():  # inside the running app: its search path and config dir
-        cfg = compose("config", overrides=list(overrides))
-        with open_dict(cfg):
-            cfg.pop("hydra", None)
-        return OmegaConf.to_container(cfg, resolve=True)
-    from .config import compose_config
-
-    return compose_config(list(overrides))
-
-
 def check_jobs(jobs: Sequence[Sequence[str]]) -> list[tuple[int, list[str], str]]:
     """(job number, overrides, reason) of every job that would fail its checks."""
     from hydra.errors import HydraException
 
-    from .validate import ConfigError, preflight
+    from .validate import ConfigError, plan_run
 
     failures = []
     for num, job in enumerate(jobs):
         try:
-            preflight(job_config(job))
+            plan_run(compose_config(job))
         except (ConfigError, HydraException, ValueError) as err:
             failures.append((num, list(job), str(err).strip()))
     return failures
@@ -111,7 +98,7 @@ class ValidateSweep(Callback):
             for num, job in enumerate(jobs):
                 label = " ".join(o for o in job if o.split("=", 1)[0] in swept) or f"job {num}"
                 try:
-                    plans.append((label, run_plan(job_config(job))))
+                    plans.append((label, run_plan(compose_config(job))))
                 except Exception as err:  # noqa: BLE001 - Hydra would swallow it and launch the jobs
                     unplanned.append(f"  {label}: no plan ({type(err).__name__}: {err})")
             lines = sum_plans(plans) + unplanned

@@ -930,22 +930,16 @@ def check_assets(cfg: Mapping[str, Any]) -> None:
     model = cfg["model"]
     checks = model_assets(model, (cfg.get("paths") or {}).get("toy_kit"))
     if cfg.get("task", "erase_eval") == "erase_eval":
-        checks += benchmark_assets(_benchmark_specs(cfg), (cfg.get("paths") or {}).get("data"))
+        checks += benchmark_assets(benchmark_specs(cfg), (cfg.get("paths") or {}).get("data"))
         checks += metric_assets(cfg)
     _stop(checks)
 
 
-def _benchmark_specs(cfg: Mapping[str, Any]) -> dict[str, Any]:
+def benchmark_specs(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """role -> benchmark spec: the `benchmark` group (target) plus the experiment's `retain` entries."""
     specs = {"target": cfg.get("benchmark")}
     specs.update({role: spec for role, spec in (cfg.get("retain") or {}).items() if spec is not None})
     return specs
-
-
-def check_metrics(cfg: Mapping[str, Any]) -> None:
-    """Every metric of every benchmark the run scores finds its weights and reference data now (an offline GPU
-    node must not learn after hours of generation that ResNet-50 or the FID reference folder is missing)."""
-    check_metric_lists(cfg)
-    _stop(metric_assets(cfg))
 
 
 def check_metric_lists(cfg: Mapping[str, Any]) -> None:
@@ -953,7 +947,7 @@ def check_metric_lists(cfg: Mapping[str, Any]) -> None:
     from .metric_factory import MetricPreflightError, check_metric_names
 
     toy = str((cfg.get("model") or {}).get("id")) == "toy"
-    for role, spec in _benchmark_specs(cfg).items():
+    for role, spec in benchmark_specs(cfg).items():
         if not isinstance(spec, Mapping):
             continue
         spec = resolved_spec(spec, role)
@@ -969,7 +963,7 @@ def metric_assets(cfg: Mapping[str, Any]) -> list[AssetCheck]:
 
     toy = str((cfg.get("model") or {}).get("id")) == "toy"
     out = []
-    for role, spec in _benchmark_specs(cfg).items():
+    for role, spec in benchmark_specs(cfg).items():
         if not isinstance(spec, Mapping):
             continue
         spec = resolved_spec(spec, role)
@@ -980,17 +974,6 @@ def metric_assets(cfg: Mapping[str, Any]) -> list[AssetCheck]:
             out += [AssetCheck(f"benchmark {role!r} ({spec.get('name')})" + (f", metric {name!r}" if name else ""),
                                where, message) for name, where, message in missing]
     return out
-
-
-def preflight(cfg: Mapping[str, Any]) -> RunPlan:
-    """Every check a run makes before it loads anything: what the runners call first, and what a sweep runs on
-    each of its jobs before launching any (experiments/sweep_check.py)."""
-    plan = plan_run(cfg)
-    if cfg.get("task", "erase_eval") == "erase_eval":
-        specs = {"target": cfg.get("benchmark")}
-        specs.update({role: spec for role, spec in (cfg.get("retain") or {}).items() if spec is not None})
-        check_benchmarks(specs, (cfg.get("paths") or {}).get("data"))
-    return plan
 
 
 def resolved_spec(spec: Mapping[str, Any], role: str = "target") -> Mapping[str, Any]:
