@@ -52,6 +52,9 @@ GPU_PEAK = {"H200": (989e12, 494e12), "H100": (989e12, 494e12), "A100": (312e12,
 DEFAULT_GPU = "H100"
 ASSUMED_EFFICIENCY = 0.35
 RESERVE = 1.5 * GB  # CUDA context, allocator caching and fragmentation beyond torch's max_memory_allocated
+# Bytes per second cad hashes weights at (the fingerprint and identity every attribution records: blake2b in 8
+# threads after a copy to the CPU), until bench_gpu.py has measured it (devices.cuda.fingerprint_bytes_per_s).
+ASSUMED_FINGERPRINT_RATE = 1.0 * GB
 
 
 # ---- the coefficients file --------------------------------------------------------------------------------------
@@ -272,6 +275,26 @@ def efficiency(arch: str, mode: str) -> tuple[float, bool, str | None]:
     return (measured[src][mode], True, src) if src else (ASSUMED_EFFICIENCY, False, None)
 
 
+def fingerprint_seconds(arch: str, dtype: str, device: str = "cuda") -> float:
+    """Seconds of the one walk over the denoiser's weights that each attribution makes (cad.backbones.base:
+    the exact fingerprint, plus for a non-float16 model the float16 identity, a second hash of the same size).
+    On FLUX (23.8 GB of bfloat16) it took 31 s of a one-step attribution on an H200."""
+    db = DTYPE_BYTES[dtype]
+    hashed = counts(arch)["params"] * db * (1 if dtype == "float16" else 2)
+    rate = (coefficients().get("devices", {}).get("cuda", {}).get("fingerprint_bytes_per_s")
+            if device == "cuda" else None)
+    return hashed / (rate or ASSUMED_FINGERPRINT_RATE)
+
+
+def edit_factor(method: str, device: str = "cuda") -> float:
+    """measured / composed seconds of a baseline's edit where bench_gpu.py ran it with cad's own method code
+    (devices.cuda.edit_factors; 1 elsewhere): what the composition from single passes leaves out (hooks,
+    optimiser steps, scheduler arithmetic, Python between the calls)."""
+    if device != "cuda":
+        return 1.0
+    return float(coefficients().get("devices", {}).get("cuda", {}).get("edit_factors", {}).get(method, 1.0))
+
+
 def pass_flops(arch: str, mode: str, resolution: int, batch: int) -> float:
     """FLOPs of one denoiser pass of `batch` samples: infer = F; fast = F (2 + r); low = F (3 + r) with r the
     share of weights whose gradients are taken (input gradients ~ one forward, checkpointing one more)."""
@@ -323,6 +346,8 @@ def attribution_stage(arch: str, *, resolution: int, dtype: str, mode: str, obje
         secs += gen.seconds
         mem["image_phase"] = gen.peak_bytes
         images = num_images
+    mem["fingerprint_s"] = fingerprint_seconds(arch, dtype, device)
+    secs += mem["fingerprint_s"]
     peak = max(mem["total"], mem["encode_phase"], mem.get("image_phase", 0))
     mem["per_pass"] = per
     return Stage("attribution", peak, 0.0 if cached else secs, images=images, cached=cached, mode=mode, parts=mem)
@@ -346,9 +371,12 @@ def generation_stage(arch: str, *, resolution: int, dtype: str, images: int, ste
 
 
 def edit_stage(method: str, arch: str, *, resolution: int, dtype: str, settings: dict | None = None,
-               gpu: str | None = None, device: str = "cuda", cached: bool = False) -> Stage | None:
-    """The cost of a baseline's edit (CAD's is its attribution stage; none/random cost nothing)."""
+               gpu: str | None = None, device: str = "cuda", cached: bool = False,
+               calibrated: bool = True) -> Stage | None:
+    """The cost of a baseline's edit (CAD's is its attribution stage; none/random cost nothing): composed from
+    single passes, times the measured `edit_factor` unless `calibrated=False` (what the benchmark compares with)."""
     s, db, c = settings or {}, DTYPE_BYTES[dtype], counts(arch)
+    f = edit_factor(method, device) if calibrated else 1.0
     weights = (c["params"] + ENCODER_PARAMS[arch]) * db
     if method == "esd":
         its, ddim = int(s.get("iterations", 1000)), int(s.get("ddim_steps", 50))
@@ -358,7 +386,7 @@ def edit_stage(method: str, arch: str, *, resolution: int, dtype: str, settings:
               + seconds(arch, "infer", resolution, 2, dtype, gpu) + seconds(arch, "fast", resolution, 1, dtype, gpu))
         trained = c["esd_x_numel"] if s.get("variant", "x") == "x" else c["params"] - c["esd_x_numel"]
         act = activation_bytes(arch, "fast", 1, sequence_length(arch, resolution), db, device)
-        return Stage("edit: esd", weights + 16 * trained + act, 0.0 if cached else its * it, cached=cached,
+        return Stage("edit: esd", weights + 16 * trained + act, 0.0 if cached else f * its * it, cached=cached,
                      parts={"iterations": its, "trained_weights": trained})
     if method in ("uce", "rece"):
         rounds = 1 + int(s.get("epochs") or (3 if method == "rece" else 0))
@@ -371,7 +399,7 @@ def edit_stage(method: str, arch: str, *, resolution: int, dtype: str, settings:
 
         prompts = 2 * len(s.get("things") or THINGS)  # concept and reference prompt per thing
         tau = int(s.get("timesteps") or 10)
-        secs = prompts * tau * seconds(arch, "infer", resolution, 2, dtype, gpu)
+        secs = f * prompts * tau * seconds(arch, "infer", resolution, 2, dtype, gpu)
         act = activation_bytes(arch, "infer", 2, sequence_length(arch, resolution), db, device)
         return Stage("edit: conceptprune", weights + VAE_PARAMS[arch] * db + act, 0.0 if cached else secs,
                      cached=cached, parts={"prompts": prompts, "timesteps": tau})

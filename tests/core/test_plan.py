@@ -67,7 +67,9 @@ def test_time_grows_with_steps_and_k_and_cached_attribution_costs_nothing():
     base = dict(resolution=512, dtype="float16", mode="fast")
     a = plan.attribution_stage("sd1", steps=10, **base)
     b = plan.attribution_stage("sd1", steps=20, **base)
-    assert b.seconds == pytest.approx(2 * a.seconds)
+    walk = plan.fingerprint_seconds("sd1", "float16")  # once per attribution, whatever its steps
+    assert a.parts["fingerprint_s"] == walk > 0
+    assert b.seconds - walk == pytest.approx(2 * (a.seconds - walk))
     assert plan.attribution_stage("sd1", steps=10, num_samples=8, **base).seconds >= a.seconds
     assert plan.attribution_stage("sd1", steps=10, cached=True, **base).seconds == 0
 
@@ -121,3 +123,23 @@ def test_low_runs_the_k_trajectories_one_pass_each():
     sec = {(m, b): plan.seconds("sd1", m, 512, b, "float16") for m in ("low", "infer") for b in (1, 4)}
     assert four.seconds - one.seconds == pytest.approx(10 * (3 * sec["low", 1] + sec["infer", 4] - sec["infer", 1]))
     assert four.parts["per_pass"] == 1 and four.peak_bytes == one.peak_bytes  # low's memory does not grow with K
+
+
+def test_the_weights_walk_and_edit_factors_come_from_the_gpu_measurements(monkeypatch):
+    """Each attribution hashes the denoiser's weights once (twice the bytes unless float16) at the rate bench_gpu.py
+    measured; a baseline's composed edit time is scaled by its measured / composed factor on CUDA only."""
+    cuda = plan.coefficients()["devices"]["cuda"]
+    rate = cuda["fingerprint_bytes_per_s"]
+    params = plan.counts("flux")["params"]
+    assert plan.fingerprint_seconds("flux", "bfloat16") == pytest.approx(params * 2 * 2 / rate)
+    assert plan.fingerprint_seconds("sd1", "float16") == pytest.approx(plan.counts("sd1")["params"] * 2 / rate)
+    assert plan.fingerprint_seconds("sd1", "float16", device="cpu") == pytest.approx(
+        plan.counts("sd1")["params"] * 2 / plan.ASSUMED_FINGERPRINT_RATE)
+    kw = dict(resolution=512, dtype="float16", settings={"iterations": 10})
+    for method in ("esd", "conceptprune"):
+        factor = cuda["edit_factors"][method]
+        assert factor > 1  # the composition from single passes left work out
+        calibrated = plan.edit_stage(method, "sd1", **kw).seconds
+        assert calibrated == pytest.approx(factor * plan.edit_stage(method, "sd1", calibrated=False, **kw).seconds)
+        assert plan.edit_stage(method, "sd1", device="cpu", **kw).seconds == pytest.approx(
+            plan.edit_stage(method, "sd1", device="cpu", calibrated=False, **kw).seconds)
