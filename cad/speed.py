@@ -1,5 +1,5 @@
 """Generation at GPU speed, without changing the images a seed gives: the largest batch that fits, a compiled
-denoiser, channels-last UNets.
+denoiser, channels-last for compiled UNets.
 
 `cad.generate` calls the diffusers pipeline's own `__call__` per batch; nothing here copies its loop or patches a
 class. Everything acts on the pipeline's denoiser module in place and is undone on exit (`fast_denoiser`), so
@@ -38,7 +38,8 @@ HEADROOM = 0.85
 # Denoising steps a probe runs: peak memory does not grow with steps, and two keep every scheduler valid.
 PROBE_STEPS = 2
 
-_AUTO: dict[tuple, int] = {}  # in-process: (pipeline, denoiser config, size, dtype, device, guidance) -> batch
+_AUTO: dict[tuple, int] = {}
+_COMPILED_LAYOUT: dict[str, bool] = {}  # denoiser class -> channels-last when this process last compiled one  # in-process: (pipeline, denoiser config, size, dtype, device, guidance) -> batch
 
 
 def check_batch_size(batch_size: Any) -> None:
@@ -63,13 +64,15 @@ def compile_options(compile: bool | str | Mapping | None) -> dict | None:
                      f"arguments, got {compile!r}")
 
 
-def wants_channels_last(denoiser: torch.nn.Module, setting: bool | str) -> bool:
-    """`auto`: channels-last for a UNet on CUDA, where cuDNN's NHWC convolutions are faster; a transformer has
-    one patch convolution and a CPU gains nothing, so both stay as they are. True/False force it."""
+def wants_channels_last(denoiser: torch.nn.Module, setting: bool | str, compiled: bool = False) -> bool:
+    """`auto`: channels-last only for a UNet on CUDA that is being compiled. Measured on an H200 (torch 2.11,
+    benchmarks/results/bench_gpu_h200.md): eager SD 1.4 and SDXL UNets render 10% slower in channels-last (their
+    GroupNorms leave it) and compiled ones 31% faster than eager; a transformer has one patch convolution and a CPU
+    gains nothing, so both stay as they are. True/False force it."""
     if setting == "auto":
         from diffusers import UNet2DConditionModel
 
-        return isinstance(denoiser, UNet2DConditionModel) and _device_of(denoiser).type == "cuda"
+        return compiled and isinstance(denoiser, UNet2DConditionModel) and _device_of(denoiser).type == "cuda"
     if isinstance(setting, bool):
         return setting
     raise ValueError(f"channels_last must be 'auto', true or false, got {setting!r}")
@@ -111,12 +114,21 @@ def fast_denoiser(pipe, *, compile: bool | str | Mapping | None = False,
 
     den = denoiser_of(pipe)
     opts = compile_options(compile)
-    to_channels_last = wants_channels_last(den, channels_last) and not _is_channels_last(den)
     previous = _compiled_call(den)
+    compiling = opts is not None and previous is None
+    to_channels_last = wants_channels_last(den, channels_last, compiled=compiling) and not _is_channels_last(den)
     try:
         if to_channels_last:
             den.to(memory_format=torch.channels_last)
-        if opts is not None and previous is None:
+        if compiling:
+            # Compiled code is cached per process by the forward's code object, and it assumes the weight strides
+            # it was traced with (no guard re-checks a parameter's layout): a denoiser compiled again in the
+            # other layout failed inductor's stride assertion on an H200. A layout change therefore starts over.
+            layout = (type(den).__name__, _is_channels_last(den))
+            if _COMPILED_LAYOUT.get(layout[0], layout[1]) != layout[1]:
+                log.info("the denoiser's layout changed since it was last compiled: resetting torch.compile's cache")
+                torch.compiler.reset()
+            _COMPILED_LAYOUT[layout[0]] = layout[1]
             log.info("compiling %s with torch.compile(%s)", type(den).__name__, opts or "")
             den.compile(**opts)
         yield den
