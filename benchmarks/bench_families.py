@@ -171,12 +171,14 @@ ARCH = {"sd1": "sd1", "sdxl": "sdxl"}
 NEED_GB = {"sd1": 6.0, "sdxl": 18.0}
 
 
-def real_arch_pipeline(name: str):
-    """The real UNet architecture (random weights, float32, CPU) inside a pipeline with tiny encoders."""
+def real_arch_pipeline(name: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """The real denoiser architecture (random weights, built in `dtype` on `device`, so a 12B FLUX transformer is
+    never filled on the CPU) inside a pipeline with tiny encoders of the real conditioning widths and a tiny VAE
+    (scale factor 2: pass height = latent side x pipe.vae_scale_factor for the native latent). sd1, sdxl, flux."""
     from benchmarks.denoisers import random_denoiser
     from cad.architectures import architecture_config
 
-    unet = random_denoiser(name, torch.float32)
+    unet = random_denoiser(name, dtype, device)
     cfg = architecture_config(name)
     if name == "sd1":
         from diffusers import StableDiffusionPipeline
@@ -185,6 +187,15 @@ def real_arch_pipeline(name: str):
 
         tiny = build_tiny_pipeline(0, image_size=SIZE, text_hidden=cfg["cross_attention_dim"])
         return StableDiffusionPipeline(**{**tiny.components, "unet": unet}, requires_safety_checker=False)
+    if name == "flux":
+        from diffusers import FluxPipeline
+
+        from cad.tiny import build_tiny_flux_pipeline
+
+        # CLIP-L's pooled 768 and T5-XXL's 4096 tokens, as the real transformer expects; schnell's fixed shift
+        tiny = build_tiny_flux_pipeline(0, dynamic_shifting=False, image_size=SIZE,
+                                        clip_hidden=cfg["pooled_projection_dim"], t5_d_model=cfg["joint_attention_dim"])
+        return FluxPipeline(**{**tiny.components, "transformer": unet})
     from diffusers import StableDiffusionXLPipeline
 
     from cad.tiny import build_tiny_sdxl_pipeline

@@ -177,34 +177,162 @@ def _gpu_name(device: str) -> str | None:
     return torch.cuda.get_device_name() if device == "cuda" else None
 
 
-def generation(arch: str, device: str, compile_too: bool) -> dict:
-    """images/s of cad.generate and of a plain pipeline call, same settings (8 prompts, batch 4, 8 steps)."""
+# Generation settings per family: (images, batch) at the native latent; 8 steps, guidance 3.
+GEN = {"sd1": (32, 8), "sdxl": (8, 4), "toy": (8, 4)}
+
+
+def generation(arch: str, device: str, compile_too: bool, latent: int | None = None) -> dict:
+    """images/s of cad.generate and of a plain pipeline call, same settings (GEN's images and batch, 8 steps), at the
+    family's native latent (or `latent`): rows for the contiguous and the channels-last denoiser and, with
+    `compile_too`, the compiled one; each with the peak memory allocated and the planner's estimate beside it."""
     from benchmarks.bench_families import real_arch_pipeline
     from benchmarks.bench_generation import measure
+    from cad import plan
     from evaluation.benchmarks import Item
 
-    name, dtype, latent, _, _ = (FAMILIES | SMOKE)[arch]
+    name, dtype, native, _, _ = (FAMILIES | SMOKE)[arch]
+    latent = int(latent or native)
     if arch == "toy":
         from cad.toy.kit import load_kit
 
         pipe = load_kit().load_pipeline()
     else:
-        pipe = real_arch_pipeline(arch)
+        pipe = real_arch_pipeline(arch, getattr(torch, dtype), device)
         pipe.vae.config.force_upcast = False
     pipe.to(device, getattr(torch, dtype))
     pipe.set_progress_bar_config(disable=True)
     size = latent * pipe.vae_scale_factor
-    items = [Item(f"i{i}", f"a photo of a thing number {i}", i) for i in range(8)]
-    out = {"size": size, "steps": 8, "batch": 4, "images": len(items)}
-    kw = dict(steps=8, guidance=3.0, batch_size=4, size=size, repeats=2)
+    n, batch = GEN[arch]
+    items = [Item(f"i{i}", f"a photo of a thing number {i}", i) for i in range(n)]
+    out = {"size": size, "latent": latent, "steps": 8, "batch": batch, "images": n, "rows": {},
+           "note": "the real denoiser with tiny random text encoders and a tiny VAE: the denoiser's share is native"}
+    kw = dict(steps=8, guidance=3.0, batch_size=batch, size=size, repeats=2)
+    rows = {"contiguous": dict(channels_last=False), "channels_last": dict(channels_last=True)}
+    if compile_too:
+        rows["compiled, channels_last"] = dict(compile=True, channels_last=True)
+        rows["compiled, contiguous"] = dict(compile=True, channels_last=False)
     with torch.no_grad():
-        out["plain"] = measure(pipe, items, **kw)
-        if compile_too:
+        for row, opts in rows.items():
             try:
-                out["compiled"] = measure(pipe, items, compile=True, **kw)
+                out["rows"][row] = measure(pipe, items, **kw, **opts)
             except Exception as err:  # compile support differs between torch builds: report, do not fail
-                out["compiled"] = {"error": f"{type(err).__name__}: {err}"[:300]}
+                out["rows"][row] = {"error": f"{type(err).__name__}: {err}"[:300]}
+    try:
+        st = plan.generation_stage(arch if arch != "toy" else "toy", resolution=latent * 8, dtype=dtype, images=n,
+                                   steps=8, batch=batch, gpu=_gpu_name(device),
+                                   device="cuda" if device == "cuda" else "cpu")
+        # the plan holds real encoders and VAE; this pipeline's are tiny, so compare the denoiser's share
+        out["plan"] = {"seconds": st.seconds, "peak": st.peak_bytes,
+                       "peak_denoiser": st.peak_bytes - (plan.ENCODER_PARAMS.get(arch, 0)
+                                                         + plan.VAE_PARAMS.get(arch, 0)) * plan.DTYPE_BYTES[dtype]}
+    except (KeyError, AttributeError) as err:
+        out["plan"] = {"error": str(err)}
     del pipe
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
+def attribute_api(arch: str, device: str, modes=("low", "fast")) -> dict:
+    """cad.attribute itself (not the bare passes) on the real architecture at its native latent, K = 1, one step, in
+    each memory mode: seconds, peak memory and finite scores, with torch's SDPA backends as the user has them (the
+    cuDNN-attention backward failure on FLUX must be avoided by cad.attribute, not by this benchmark)."""
+    from benchmarks.bench_families import real_arch_pipeline
+    from cad.attribution import attribute
+
+    name, dtype, latent, _, _ = FAMILIES[arch]
+    out = {"arch": arch, "model": name, "dtype": dtype, "resolution": latent * 8,
+           "cudnn_sdp_enabled": bool(torch.backends.cuda.cudnn_sdp_enabled()) if device == "cuda" else None,
+           "modes": {}}
+    pipe = real_arch_pipeline(arch, getattr(torch, dtype), device)
+    pipe.to(device, getattr(torch, dtype))
+    size = latent * pipe.vae_scale_factor
+    from cad.backbones import wrap
+
+    # what every attribution records (and the runner checks): the denoiser's fingerprint and identity, one walk
+    # over the weights; its time is part of each cad.attribute call below
+    t0 = time.perf_counter()
+    wrap(pipe).denoiser_fingerprint_and_identity()
+    out["fingerprint_s"] = time.perf_counter() - t0
+    out["weights_bytes"] = sum(p.numel() * p.element_size() for p in wrap(pipe).denoiser.parameters())
+    for mode in modes:
+        try:
+            if device == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            scores = attribute(pipe, "a photo of a cat", steps=1, num_samples=1, height=size, width=size,
+                               memory=mode, progress=False)
+            _sync(device)
+            finite = all(bool(torch.isfinite(v).all()) for v in scores.scores.values())
+            out["modes"][mode] = {"seconds": time.perf_counter() - t0, "finite": finite,
+                                  "tensors": len(scores.scores),
+                                  "peak": torch.cuda.max_memory_allocated() if device == "cuda" else None}
+        except Exception as err:
+            import traceback
+
+            out["modes"][mode] = {"error": f"{type(err).__name__}: {err}"[:400], "trace": traceback.format_exc()[-2000:]}
+            break  # a failed CUDA kernel can poison the context; the next mode would only report that
+    del pipe
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
+def methods_measured(arch: str, device: str, esd_iterations: int = 8) -> dict:
+    """ESD and ConceptPrune run by cad's own method code (cad.methods) on the real architecture at its native size,
+    a few iterations / prompts, timed, beside the planner's cost of the same settings; per-iteration and
+    per-prompt figures scale the full edits (ESD's t_enc is drawn per iteration, so a few iterations carry
+    sampling noise: the mean DDIM run is half the schedule)."""
+    from benchmarks.bench_families import real_arch_pipeline
+    from cad import plan
+    from cad.backbones import wrap
+    from cad.methods.base import MethodContext
+    from cad.methods.conceptprune import ConceptPrune
+    from cad.methods.esd import ESD
+
+    name, dtype, latent, _, _ = FAMILIES[arch]
+    pipe = real_arch_pipeline(arch, getattr(torch, dtype), device)
+    pipe.to(device, getattr(torch, dtype))
+    pipe.set_progress_bar_config(disable=True)
+    bb = wrap(pipe)
+    size = latent * pipe.vae_scale_factor
+    gpu = _gpu_name(device)
+    out = {"arch": arch, "model": name, "resolution": latent * 8}
+    concept = {"name": "cat", "prompt": "cat", "kind": "object"}
+    try:
+        esd = ESD(iterations=esd_iterations, image_size=size)
+        ESD(iterations=1, image_size=size).build(MethodContext(backbone=bb, concept=concept, seed=1))  # warm-up
+        _sync(device)
+        t0 = time.perf_counter()
+        esd.build(MethodContext(backbone=bb, concept=concept, seed=0))
+        _sync(device)
+        secs = time.perf_counter() - t0
+        st = plan.edit_stage("esd", arch, resolution=latent * 8, dtype=dtype, settings={"iterations": 1000}, gpu=gpu,
+                             calibrated=False)
+        out["esd"] = {"iterations": esd_iterations, "seconds": secs, "per_iteration": secs / esd_iterations,
+                      "full_1000": 1000 * secs / esd_iterations, "plan_full_1000": st.seconds if st else None}
+    except Exception as err:
+        out["esd"] = {"error": f"{type(err).__name__}: {err}"[:400]}
+    try:
+        things = ["in a park", "on a table"]
+        cp = ConceptPrune(things=things)
+        ctx = MethodContext(backbone=bb, concept=concept, attribution={"height": size, "width": size})
+        _sync(device)
+        t0 = time.perf_counter()
+        res = cp.build(ctx)
+        _sync(device)
+        secs = time.perf_counter() - t0
+        prompts = 2 * len(things)
+        st = plan.edit_stage("conceptprune", arch, resolution=latent * 8, dtype=dtype, gpu=gpu, calibrated=False)
+        full_prompts = st.parts["prompts"] if st else None
+        out["conceptprune"] = {"prompts": prompts, "timesteps": res.info["timesteps"], "seconds": secs,
+                               "per_prompt": secs / prompts,
+                               "full": None if full_prompts is None else secs / prompts * full_prompts,
+                               "plan_full": st.seconds if st else None, "full_prompts": full_prompts}
+    except Exception as err:
+        out["conceptprune"] = {"error": f"{type(err).__name__}: {err}"[:400]}
+    del pipe, bb
     if device == "cuda":
         torch.cuda.empty_cache()
     return out
@@ -239,19 +367,55 @@ def markdown(report: dict) -> str:
             meas = e.get("measured")
             lines.append(f"| {r['model']} | {method} | {_s(meas)} | {_s(e.get('plan'))} |")
     if report.get("generation"):
-        lines += ["", "| model | images/s cad.generate / plain diffusers (ratio) | compiled cad.generate |",
-                  "|---|---|---|"]
+        lines += ["", "| model | denoiser | images/s cad.generate / plain diffusers | ratio | cad's time outside the "
+                  "pipeline calls | images | peak GB (measured / plan's denoiser share) |", "|---|---|---|---|---|---|---|"]
         for arch, g in report["generation"].items():
             if "error" in g:
-                lines.append(f"| {arch} | {g['error']} | |")
+                lines.append(f"| {arch} | | {g['error']} | | | | |")
                 continue
-            pl = g["plain"]
-            comp = g.get("compiled", {})
-            comp_s = (f"{comp['cad_img_per_s']:.2f} ({comp['ratio']:.3f}x plain; images "
-                      f"{'identical' if comp.get('same_images') else 'max gap ' + str(comp.get('pixel_max'))})"
-                      if "cad_img_per_s" in comp else comp.get("error", "not run"))
-            lines.append(f"| {arch} ({g['size']} px, {g['steps']} steps, batch {g['batch']}) | "
-                         f"{pl['cad_img_per_s']:.2f} / {pl['plain_img_per_s']:.2f} ({pl['ratio']:.3f}) | {comp_s} |")
+            plan_peak = (g.get("plan") or {}).get("peak_denoiser")
+            for row, m in g["rows"].items():
+                head = (f"{arch} (latent {g.get('latent', '?')}: native; tiny VAE {g['size']} px, {g['steps']} steps, "
+                        f"batch {g['batch']}, {g['images']} images)")
+                if "error" in m:
+                    lines.append(f"| {head} | {row} | {m['error']} | | | | |")
+                    continue
+                outside = m["cad_s"] - m["cad_in_pipeline_s"]
+                peak = "" if m.get("peak_bytes") is None else f"{m['peak_bytes'] / gb:.1f}"
+                same = "same" if m["same_images"] else f"max gap {m['pixel_max']}"
+                lines.append(f"| {head} | {row} | {m['cad_img_per_s']:.2f} / {m['plain_img_per_s']:.2f} | "
+                             f"{m['ratio']:.3f} | {outside:.3f} s of {m['cad_s']:.2f} s | {same} | {peak} / "
+                             f"{'n/a' if plan_peak is None else f'{plan_peak / gb:.1f}'} |")
+    if report.get("api"):
+        lines += ["", "| model | cad.attribute, K = 1, 1 step | seconds | peak GB | scores |", "|---|---|---|---|---|"]
+        for arch, r in report["api"].items():
+            if "error" in r:
+                lines.append(f"| {arch} | failed: {r['error'][:160]} | | | |")
+            elif "fingerprint_s" in r:
+                lines.append(f"| {r['model']} | of which the weights' fingerprint and identity "
+                             f"({r['weights_bytes'] / gb:.1f} GB) | {r['fingerprint_s']:.2f} | | |")
+            for mode, m in r.get("modes", {}).items():
+                if "error" in m:
+                    lines.append(f"| {r['model']} | {mode} | failed: {m['error'][:160]} | | |")
+                    continue
+                peak = "" if m.get("peak") is None else f"{m['peak'] / gb:.1f}"
+                lines.append(f"| {r['model']} | {mode} (cuDNN SDPA enabled globally: {r['cudnn_sdp_enabled']}) | "
+                             f"{m['seconds']:.2f} | {peak} | {m['tensors']} tensors, "
+                             f"{'finite' if m['finite'] else 'NOT FINITE'} |")
+    if report.get("methods"):
+        lines += ["", "| model | edit run by cad.methods | measured | full edit (scaled) | plan of the full edit |",
+                  "|---|---|---|---|---|"]
+        for arch, r in report["methods"].items():
+            if "error" in r:
+                lines.append(f"| {arch} | | failed: {r['error'][:160]} | | |")
+                continue
+            e, c = r.get("esd", {}), r.get("conceptprune", {})
+            lines.append(f"| {r['model']} | esd | " + (e["error"] if "error" in e else
+                         f"{e['iterations']} iterations in {_s(e['seconds'])} | {_s(e['full_1000'])} (1000 it.) | "
+                         f"{_s(e['plan_full_1000'])} |"))
+            lines.append(f"| {r['model']} | conceptprune | " + (c["error"] if "error" in c else
+                         f"{c['prompts']} prompts x {c['timesteps']} steps in {_s(c['seconds'])} | "
+                         f"{_s(c['full'])} ({c['full_prompts']} prompts) | {_s(c['plan_full'])} |"))
     return "\n".join(lines) + "\n"
 
 
@@ -261,10 +425,14 @@ def _s(x) -> str:
     return f"{x:.3g} s" if x < 90 else f"{x / 60:.1f} min" if x < 5400 else f"{x / 3600:.2f} h"
 
 
-def coefficients_from(report: dict) -> dict:
-    """The planner's "cuda" section from this run: activations (a + b L per mode), efficiencies per arch."""
+def coefficients_from(report: dict, previous: dict | None = None) -> dict:
+    """The planner's "cuda" section from this run: activations (a + b L per mode) and efficiencies per arch from the
+    passes; the weights' hashing rate from the cad.attribute runs; each method's measured / composed factor from the
+    cad.methods runs. What this run did not measure is kept from `previous` (the section it replaces)."""
     from cad import plan
 
+    out = {k: v for k, v in (previous or {}).items() if k in ("fingerprint_bytes_per_s", "edit_factors",
+                                                              "measured_parts")}
     archs, eff = {}, {}
     for r in report["archs"]:
         ms = []
@@ -280,9 +448,30 @@ def coefficients_from(report: dict) -> dict:
             peak = single if r["dtype"] == "float32" else half
             eff[r["arch"]] = {mode: plan.pass_flops(r["arch"], mode, r["resolution"], 1) / nat[mode]["seconds"] / peak
                               for mode in MODES if "seconds" in nat.get(mode, {})}
-    return {"device": report["device"], "date": report["date"], "how": "torch.cuda.max_memory_allocated above the "
-            "weights; bench_gpu.py", "archs": archs, "efficiency": eff,
-            "native": {r["arch"]: r["resolution"] for r in report["archs"] if r.get("sizes")}}
+    if archs:
+        out.update({"device": report["device"], "date": report["date"], "how": "torch.cuda.max_memory_allocated "
+                    "above the weights; bench_gpu.py", "archs": archs, "efficiency": eff,
+                    "native": {r["arch"]: r["resolution"] for r in report["archs"] if r.get("sizes")}})
+    else:  # no passes measured this time: the activation fits stay as they were
+        out.update({k: v for k, v in (previous or {}).items() if k not in out})
+    # the largest model hashed gives the steadiest rate (bytes hashed: twice the weights unless float16)
+    fps = [r for r in report.get("api", {}).values() if r.get("fingerprint_s")]
+    if fps:
+        r = max(fps, key=lambda r: r["weights_bytes"])
+        out["fingerprint_bytes_per_s"] = r["weights_bytes"] * (1 if r["dtype"] == "float16" else 2) / r["fingerprint_s"]
+    factors = dict(out.get("edit_factors", {}))
+    for r in report.get("methods", {}).values():
+        e, c = r.get("esd", {}), r.get("conceptprune", {})
+        if e.get("full_1000") and e.get("plan_full_1000"):
+            factors["esd"] = e["full_1000"] / e["plan_full_1000"]
+        if c.get("full") and c.get("plan_full"):
+            factors["conceptprune"] = c["full"] / c["plan_full"]
+    if factors:
+        out["edit_factors"] = factors
+    return out
+
+
+PARTS = ("attribution", "generation", "api", "methods")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,6 +481,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--coefficients", default=None, help="write the planner's cuda coefficients into this file")
     ap.add_argument("--archs", default=",".join(FAMILIES))
     ap.add_argument("--generation", default="sd1,sdxl", help="families whose generation is timed (none: skip)")
+    ap.add_argument("--compile", default="sd1", help="families whose generation is also timed compiled")
+    ap.add_argument("--api", default="sd1,flux", help="families run through cad.attribute itself")
+    ap.add_argument("--api-modes", default="low,fast", help="memory modes of the cad.attribute runs")
+    ap.add_argument("--methods", default="sd1", help="families whose ESD and ConceptPrune run by cad.methods")
+    ap.add_argument("--parts", default=",".join(PARTS), help=f"which of {PARTS} to run")
     args = ap.parse_args([] if argv is None else argv)  # None: called by benchmarks.run (make bench)
     if not args.cpu_smoke and not torch.cuda.is_available():
         print("bench_gpu needs CUDA (none visible here); run `make bench-gpu` on a GPU machine, or "
@@ -299,50 +493,67 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv is None else 2  # inside `make bench` on a CPU: skipped, not failed
     from cad import plan
 
+    parts = set(args.parts.split(","))
     device = "cpu" if args.cpu_smoke else "cuda"
-    if device == "cuda":
-        # cuDNN's fused attention failed FLUX's backward on an H200 (torch 2.11 cu130: "mha_graph.execute ...
-        # is_good()"); flash / memory-efficient SDPA remain, as in most training setups
-        torch.backends.cuda.enable_cudnn_sdp(False)
     specs = SMOKE if args.cpu_smoke else {a: FAMILIES[a] for a in args.archs.split(",") if a in FAMILIES}
     budget = float(os.environ.get("CAD_GPU_BUDGET_S", 80))
     started = time.perf_counter()
     report = {"device": "cpu (smoke)" if args.cpu_smoke else torch.cuda.get_device_name(),
               "date": datetime.now(timezone.utc).date().isoformat(), "torch": torch.__version__,
-              "plan_source": plan.source_label("cuda"), "archs": [], "generation": {}}
-    for arch, spec in specs.items():
-        if device == "cuda":
-            free, _ = torch.cuda.mem_get_info()
-            need = denoisers_need(arch, spec)
-            if need > free:
-                report["archs"].append({"arch": arch, "skipped": f"needs ~{need / 1e9:.0f} GB, {free / 1e9:.0f} free"})
-                continue
-        print(f"[{time.perf_counter() - started:6.1f} s] {arch} ...", flush=True)
+              "plan_source": plan.source_label("cuda"), "archs": [], "generation": {}, "api": {}, "methods": {}}
+
+    def stamp(what: str) -> None:
+        print(f"[{time.perf_counter() - started:6.1f} s] {what} ...", flush=True)
+
+    def guarded(fn, *a, **kw) -> dict:
         try:
-            report["archs"].append(measure_arch(arch, spec, device, budget))
+            return fn(*a, **kw)
         except Exception as err:
             import traceback
 
-            report["archs"].append({"arch": arch, "skipped": f"{type(err).__name__}: {err}"[:300],
-                                    "trace": traceback.format_exc()[-3000:]})
-        _write(report, args.out)
-    gen_archs = ["toy"] if args.cpu_smoke else [a for a in args.generation.split(",") if a in ("sd1", "sdxl")]
-    if True:
-        for arch in gen_archs:
-            print(f"[{time.perf_counter() - started:6.1f} s] generation {arch} ...", flush=True)
-            try:
-                report["generation"][arch] = generation(arch, device, compile_too=(arch == "sd1"))
-            except Exception as err:
-                import traceback
+            return {"error": f"{type(err).__name__}: {err}"[:300], "trace": traceback.format_exc()[-3000:]}
 
-                report["generation"][arch] = {"error": f"{type(err).__name__}: {err}"[:300],
-                                              "trace": traceback.format_exc()[-3000:]}
+    if "attribution" in parts:
+        for arch, spec in specs.items():
+            if device == "cuda":
+                free, _ = torch.cuda.mem_get_info()
+                need = denoisers_need(arch, spec)
+                if need > free:
+                    report["archs"].append({"arch": arch, "skipped": f"needs ~{need / 1e9:.0f} GB, {free / 1e9:.0f} free"})
+                    continue
+            stamp(arch)
+            # the bare passes pick their attention kernels themselves: cuDNN's fused attention failed FLUX's
+            # backward on an H200 (torch 2.11 cu130); cad.attribute leaves it out the same way (cad.memory)
+            from cad.memory import attention_for_gradients
+
+            with attention_for_gradients(device):
+                r = guarded(measure_arch, arch, spec, device, budget)
+            report["archs"].append({"arch": arch, "skipped": r.pop("error"), **r} if "error" in r else r)
+            _write(report, args.out)
+    if "generation" in parts:
+        gen_archs = ["toy"] if args.cpu_smoke else [a for a in args.generation.split(",") if a in GEN]
+        for arch in gen_archs:
+            stamp(f"generation {arch}")
+            report["generation"][arch] = guarded(generation, arch, device,
+                                                 compile_too=arch in args.compile.split(","))
+            _write(report, args.out)
+    if "api" in parts and not args.cpu_smoke:
+        for arch in [a for a in args.api.split(",") if a in FAMILIES]:
+            stamp(f"cad.attribute {arch}")
+            report["api"][arch] = guarded(attribute_api, arch, device, modes=tuple(args.api_modes.split(",")))
+            _write(report, args.out)
+    if "methods" in parts and not args.cpu_smoke:
+        for arch in [a for a in args.methods.split(",") if a in FAMILIES]:
+            stamp(f"methods {arch}")
+            report["methods"][arch] = guarded(methods_measured, arch, device)
             _write(report, args.out)
     report["wall_s"] = time.perf_counter() - started
     _write(report, args.out)
     if args.coefficients:
         data = plan.load_coefficients(args.coefficients)
-        data.setdefault("devices", {})["cpu-smoke" if args.cpu_smoke else "cuda"] = coefficients_from(report)
+        key = "cpu-smoke" if args.cpu_smoke else "cuda"
+        devices = data.setdefault("devices", {})
+        devices[key] = coefficients_from(report, devices.get(key))
         plan.save_coefficients(data, args.coefficients)
     print(markdown(report))
     print(f"bench_gpu: {report['wall_s']:.0f} s; wrote {args.out}/bench_gpu.json and bench_gpu.md", flush=True)

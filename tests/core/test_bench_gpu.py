@@ -32,8 +32,26 @@ def test_cpu_smoke_writes_the_table_and_feeds_the_planner(tmp_path):
         assert "seconds" in toy["plan"][mode]  # the planner's estimate beside the measurement
     assert {"cad_erase", "esd", "uce", "conceptprune"} <= set(toy["edits"])
     gen = report["generation"]["toy"]
-    assert gen["plain"]["same_images"] and gen["plain"]["ratio"] > 0
+    for row in ("contiguous", "channels_last"):
+        assert gen["rows"][row]["same_images"] and gen["rows"][row]["ratio"] > 0
+        assert 0 < gen["rows"][row]["cad_in_pipeline_s"] <= gen["rows"][row]["cad_s"]
     md = (tmp_path / "bench_gpu.md").read_text()
     assert "| toy | 64 | float32 | low |" in md and "images/s cad.generate / plain diffusers" in md
     smoke = json.loads(coef.read_text())["devices"]["cpu-smoke"]
     assert smoke["archs"]["toy"]["sizes"] == [16, 64] and smoke["efficiency"]["toy"]["fast"] > 0
+
+
+def test_coefficients_keep_what_a_partial_run_did_not_measure():
+    """A run of only some parts (--parts api,methods) updates the hashing rate and the edit factors and keeps the
+    activation fits and efficiencies the planner had."""
+    previous = {"device": "H", "date": "d0", "archs": {"sd1": {"fast": [1, 2]}}, "efficiency": {"sd1": {"fast": 0.3}},
+                "native": {"sd1": 512}, "edit_factors": {"esd": 2.0}}
+    report = {"device": "NVIDIA H200", "date": "d1", "archs": [],
+              "api": {"flux": {"dtype": "bfloat16", "weights_bytes": 10e9, "fingerprint_s": 10.0},
+                      "sd1": {"dtype": "float16", "weights_bytes": 1e9, "fingerprint_s": 0.5}},
+              "methods": {"sd1": {"esd": {"full_1000": 120.0, "plan_full_1000": 100.0},
+                                  "conceptprune": {"error": "boom"}}}}
+    out = bench_gpu.coefficients_from(report, previous)
+    assert out["archs"] == previous["archs"] and out["efficiency"] == previous["efficiency"] and out["date"] == "d0"
+    assert out["fingerprint_bytes_per_s"] == 2e9  # the largest model: bfloat16 hashed twice, 20 GB in 10 s
+    assert out["edit_factors"] == {"esd": 1.2}  # measured this time; nothing for the failed one
