@@ -220,7 +220,7 @@ def generation(arch: str, device: str, compile_too: bool, latent: int | None = N
     try:
         st = plan.generation_stage(arch if arch != "toy" else "toy", resolution=latent * 8, dtype=dtype, images=n,
                                    steps=8, batch=batch, gpu=_gpu_name(device),
-                                   device="cuda" if device == "cuda" else "cpu")
+                                   device="cuda" if device == "cuda" else "cpu", calibrated=False)
         # the plan holds real encoders and VAE; this pipeline's are tiny, so compare the denoiser's share
         out["plan"] = {"seconds": st.seconds, "peak": st.peak_bytes,
                        "peak_denoiser": st.peak_bytes - (plan.ENCODER_PARAMS.get(arch, 0)
@@ -428,11 +428,11 @@ def _s(x) -> str:
 def coefficients_from(report: dict, previous: dict | None = None) -> dict:
     """The planner's "cuda" section from this run: activations (a + b L per mode) and efficiencies per arch from the
     passes; the weights' hashing rate from the cad.attribute runs; each method's measured / composed factor from the
-    cad.methods runs. What this run did not measure is kept from `previous` (the section it replaces)."""
+    cad.methods runs; each family's plain-generation measured / composed factor. What this run did not measure is kept from `previous` (the section it replaces)."""
     from cad import plan
 
     out = {k: v for k, v in (previous or {}).items() if k in ("fingerprint_bytes_per_s", "edit_factors",
-                                                              "measured_parts")}
+                                                              "generation_factors", "measured_parts")}
     archs, eff = {}, {}
     for r in report["archs"]:
         ms = []
@@ -468,6 +468,13 @@ def coefficients_from(report: dict, previous: dict | None = None) -> dict:
             factors["conceptprune"] = c["full"] / c["plan_full"]
     if factors:
         out["edit_factors"] = factors
+    gen = dict(out.get("generation_factors", {}))
+    for arch, g in report.get("generation", {}).items():
+        plain, composed = (g.get("rows") or {}).get("contiguous", {}).get("plain_s"), (g.get("plan") or {}).get("seconds")
+        if plain and composed and arch != "toy":
+            gen[arch] = plain / composed
+    if gen:
+        out["generation_factors"] = gen
     return out
 
 

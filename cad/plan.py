@@ -295,6 +295,15 @@ def edit_factor(method: str, device: str = "cuda") -> float:
     return float(coefficients().get("devices", {}).get("cuda", {}).get("edit_factors", {}).get(method, 1.0))
 
 
+def generation_factor(arch: str, device: str = "cuda") -> float:
+    """measured / composed seconds of a plain diffusers generation of `arch` where bench_gpu.py timed one
+    (devices.cuda.generation_factors; 1 elsewhere): the scheduler, CFG arithmetic and launch gaps between the
+    denoiser calls that the composition from single passes leaves out (SD 1.4 on an H200: 1.42)."""
+    if device != "cuda":
+        return 1.0
+    return float(coefficients().get("devices", {}).get("cuda", {}).get("generation_factors", {}).get(arch, 1.0))
+
+
 def pass_flops(arch: str, mode: str, resolution: int, batch: int) -> float:
     """FLOPs of one denoiser pass of `batch` samples: infer = F; fast = F (2 + r); low = F (3 + r) with r the
     share of weights whose gradients are taken (input gradients ~ one forward, checkpointing one more)."""
@@ -355,15 +364,17 @@ def attribution_stage(arch: str, *, resolution: int, dtype: str, mode: str, obje
 
 def generation_stage(arch: str, *, resolution: int, dtype: str, images: int, steps: int, cfg: bool = True,
                      batch: int = 8, gpu: str | None = None, cached_images: int = 0, device: str = "cuda",
-                     name: str = "generation") -> Stage:
+                     name: str = "generation", calibrated: bool = True) -> Stage:
     """ceil(images / batch) x steps forward calls of batch x (2 with CFG) samples; the peak holds the whole pipeline
-    and one call's forward."""
+    and one call's forward. On CUDA the time is scaled by the architecture's measured / composed factor where
+    bench_gpu.py timed a plain diffusers call of it (`generation_factor`), unless `calibrated=False`."""
     db = DTYPE_BYTES[dtype]
     calls = 2 if cfg else 1
     todo = max(images - cached_images, 0)
     full, rest = divmod(todo, batch)  # the pipeline runs a batch's CFG halves as one call of 2 x batch samples
     secs = steps * (full * seconds(arch, "infer", resolution, batch * calls, dtype, gpu)
                     + (seconds(arch, "infer", resolution, rest * calls, dtype, gpu) if rest else 0.0))
+    secs *= generation_factor(arch, device) if calibrated else 1.0
     act = activation_bytes(arch, "infer", batch * calls, sequence_length(arch, resolution), db, device)
     peak = (counts(arch)["params"] + ENCODER_PARAMS[arch] + VAE_PARAMS[arch]) * db + act
     return Stage(name, peak, secs, images=todo, cached=todo == 0 and images > 0,

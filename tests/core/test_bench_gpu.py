@@ -50,8 +50,11 @@ def test_coefficients_keep_what_a_partial_run_did_not_measure():
               "api": {"flux": {"dtype": "bfloat16", "weights_bytes": 10e9, "fingerprint_s": 10.0},
                       "sd1": {"dtype": "float16", "weights_bytes": 1e9, "fingerprint_s": 0.5}},
               "methods": {"sd1": {"esd": {"full_1000": 120.0, "plan_full_1000": 100.0},
-                                  "conceptprune": {"error": "boom"}}}}
+                                  "conceptprune": {"error": "boom"}}},
+              "generation": {"sdxl": {"rows": {"contiguous": {"plain_s": 3.0}}, "plan": {"seconds": 2.0}},
+                             "sd1": {"error": "boom"}}}
     out = bench_gpu.coefficients_from(report, previous)
     assert out["archs"] == previous["archs"] and out["efficiency"] == previous["efficiency"] and out["date"] == "d0"
     assert out["fingerprint_bytes_per_s"] == 2e9  # the largest model: bfloat16 hashed twice, 20 GB in 10 s
     assert out["edit_factors"] == {"esd": 1.2}  # measured this time; nothing for the failed one
+    assert out["generation_factors"] == {"sdxl": 1.5}
