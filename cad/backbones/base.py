@@ -23,13 +23,20 @@ import hashlib
 import math
 import os
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
+from cad.backbones.digests import (  # noqa: F401  (re-exported: the digests' home before cad.backbones.digests)
+    HALF_CHUNK,
+    _half_digest,
+    _tensor_digest,
+    module_fingerprint,
+    module_fingerprint_and_identity,
+    module_identity,
+)
 from cad.errors import UserError
 
 # Families register themselves here when their module is imported (see cad.backbones.get_family).
@@ -63,83 +70,6 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
-
-
-def _tensor_digest(item: tuple[str, torch.Tensor]) -> bytes:
-    name, t = item
-    h = hashlib.blake2b(digest_size=16)
-    h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
-    # Hash the raw bytes (a uint8 view works for every dtype, bf16 included); hashlib releases the GIL.
-    h.update(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().data)
-    return h.digest()
-
-
-def _combined_digests(module: torch.nn.Module, digest) -> list[str]:
-    """`digest(name, tensor)` -> a tuple of byte digests, for every tensor of the module's state dict, in
-    parallel threads (blake2b releases the GIL); returns each position's digests combined in name order."""
-    items = sorted(module.state_dict().items())
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        per_tensor = list(pool.map(digest, items))
-    out = []
-    for k in range(len(per_tensor[0]) if per_tensor else 1):
-        h = hashlib.blake2b(digest_size=16)
-        for ds in per_tensor:
-            h.update(ds[k])
-        out.append(h.hexdigest())
-    return out
-
-
-def module_fingerprint(module: torch.nn.Module) -> str:
-    """A hash of every tensor of a module (names, shapes, dtypes, bytes): any weight change gives a new one.
-    About a second per GB of weights."""
-    return _combined_digests(module, lambda item: (_tensor_digest(item),))[0]
-
-
-# Elements cast to float16 at a time for the identity digest (2 MB buffers).
-HALF_CHUNK = 1 << 20
-
-
-def _half_digest(item: tuple[str, torch.Tensor]) -> bytes:
-    """_tensor_digest of the tensor cast to float16, cast a chunk at a time into one small buffer: blake2b
-    is incremental, so the digest is the whole cast's. Whole-tensor copies, made in the hashing threads,
-    were freed into those threads' malloc arenas, which the main thread never reuses: about 0.1 GB of
-    resident memory left behind on SD 1.4, part of an attribution's peak."""
-    name, t = item
-    t = t.detach()
-    if not t.is_floating_point() or t.dtype == torch.float16:
-        return _tensor_digest((name, t))
-    h = hashlib.blake2b(digest_size=16)
-    h.update(f"{name}|{tuple(t.shape)}|{torch.float16}|".encode())
-    flat = t.contiguous().reshape(-1)
-    buf = torch.empty(min(flat.numel(), HALF_CHUNK), dtype=torch.float16, device=t.device)
-    for s in range(0, flat.numel(), HALF_CHUNK):
-        part = buf[:min(HALF_CHUNK, flat.numel() - s)]
-        part.copy_(flat[s:s + HALF_CHUNK])  # the same cast (and device) as t.to(torch.float16)
-        h.update(part.cpu().view(torch.uint8).numpy().data)
-    return h.digest()
-
-
-def module_fingerprint_and_identity(module: torch.nn.Module) -> tuple[str, str]:
-    """module_fingerprint and module_identity in one walk over the weights (what an attribution records)."""
-    def both(item):
-        exact = _tensor_digest(item)
-        t = item[1]
-        # A float16 (or integer) tensor already is its own float16 view: its identity digest is the exact one.
-        same = not t.is_floating_point() or t.dtype == torch.float16
-        return exact, exact if same else _half_digest(item)
-
-    fp, ident = _combined_digests(module, both)
-    return fp, ident
-
-
-def module_identity(module: torch.nn.Module) -> str:
-    """Which model a module is, whatever dtype it runs in: the fingerprint of its tensors cast to float16.
-
-    A float32 model and its float16 copy share an identity (an edit made on one applies to the other); two
-    models that differ in any weight by more than float16 rounding do not. Edits record it as `made_for`.
-    (A bfloat16 copy rounds differently from a float32 one, so those two do not share an identity.)
-    """
-    return _combined_digests(module, lambda item: (_half_digest(item),))[0]
 
 
 @dataclass

@@ -15,13 +15,13 @@ produce). Both
 from __future__ import annotations
 
 import json
-import weakref
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from cad.backbones import denoiser_of, module_identity
+from cad.backbones.digests import known_digests, remember_digests
 from cad.errors import UserError
 from cad.io import as_json, atomic_write_bytes, atomic_write_json, package_versions
 
@@ -36,36 +36,6 @@ class EditMismatchError(UserError, ValueError):
 
 class EditFileError(UserError, ValueError):
     """An edit file is truncated, unreadable or disagrees with its sidecar."""
-
-
-# Fingerprints of denoisers already checked, keyed by the module and its tensors' (pointer, version) state:
-# torch bumps a tensor's version on every in-place write (edits write through p.detach(), which shares the
-# version counter; a write through p.data does not, so the state also holds each tensor's sum), a stale entry
-# is never reused, and applied()
-# re-registers the state it restores so that repeated edits on one model hash it once.
-_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-@torch.no_grad()
-def _state(module: torch.nn.Module) -> tuple:
-    # The sum catches writes that bypass the version counter (through p.data); it costs a tenth of a hash.
-    return tuple((p.data_ptr(), p._version, p.dtype, float(p.detach().sum(dtype=torch.float64)))
-                 for p in module.parameters())
-
-
-def current_identity(module: torch.nn.Module) -> str:
-    """module_identity, computed once per state of the module's tensors."""
-    entry = _CHECKED.get(module)
-    state = _state(module)
-    if entry is not None and entry[0] == state:
-        return entry[1]
-    fp = module_identity(module)
-    _CHECKED[module] = (state, fp)
-    return fp
-
-
-def _remember(module: torch.nn.Module, fingerprint: str) -> None:
-    _CHECKED[module] = (_state(module), fingerprint)
 
 
 class BaseEdit:
@@ -96,7 +66,7 @@ class BaseEdit:
         if force or not self.made_for:
             return
         module = denoiser_of(target)
-        fp = current_identity(module)
+        fp = module_identity(module)  # memoised per state of the weights (cad.backbones.digests)
         if fp != self.made_for:
             raise EditMismatchError(
                 f"this {self.kind} edit ({self.fingerprint}) was made for the denoiser with identity "
@@ -133,7 +103,7 @@ class BaseEdit:
         """The edit for the body; the original weights restored bit for bit on exit, even on error."""
         self.check_model(target, force=force)
         module = denoiser_of(target)
-        before = _CHECKED.get(module)
+        before = known_digests(module)  # what the weights hash to now, if already known
         plan = self._plan(module)
         with torch.no_grad():
             saved = [p.detach().view(-1).index_select(0, idx) for p, idx, _ in plan]
@@ -146,8 +116,8 @@ class BaseEdit:
             with torch.no_grad():
                 for (p, idx, _), old in zip(plan, saved):
                     p.detach().view(-1).index_copy_(0, idx, old)
-            if before is not None and self.made_for:
-                _remember(module, before[1])  # restored bit for bit: the weights hash as before
+            if before is not None:
+                remember_digests(module, before)  # restored bit for bit: the weights hash as before
 
     # ---- storage ------------------------------------------------------------------------------------
     def _payload(self) -> tuple[dict[str, torch.Tensor], dict]:
