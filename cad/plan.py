@@ -276,9 +276,11 @@ def efficiency(arch: str, mode: str) -> tuple[float, bool, str | None]:
 
 
 def fingerprint_seconds(arch: str, dtype: str, device: str = "cuda") -> float:
-    """Seconds of the one walk over the denoiser's weights that each attribution makes (cad.backbones.base:
-    the exact fingerprint, plus for a non-float16 model the float16 identity, a second hash of the same size).
-    On FLUX (23.8 GB of bfloat16) it took 31 s of a one-step attribution on an H200."""
+    """Seconds of the walk over the denoiser's weights an attribution records (cad.backbones.digests: the exact
+    fingerprint, plus for a non-float16 model the float16 identity, a second hash of the same size). On FLUX
+    (23.8 GB of bfloat16) it took 31 s of a one-step attribution on an H200. The walk is memoised per state of the
+    weights, so later attributions of unchanged weights in one process skip it: the plan counts it for each
+    attribution stage, an upper bound."""
     db = DTYPE_BYTES[dtype]
     hashed = counts(arch)["params"] * db * (1 if dtype == "float16" else 2)
     rate = (coefficients().get("devices", {}).get("cuda", {}).get("fingerprint_bytes_per_s")
