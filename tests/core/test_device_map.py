@@ -62,6 +62,28 @@ def test_balanced_without_a_gpu_names_the_fix_before_loading(tiny_pipe_dir, monk
         load(tiny_pipe_dir, device_map="sequential")
 
 
+def test_components_with_dispatch_hooks_attribute_as_plain_ones(tiny_pipe_factory):
+    """What device_map=balanced gives every component (diffusers' load_sub_model: accelerate's dispatch_model with
+    force_hooks=True, inputs moved to each component's device by an AlignDevicesHook), here on the one CPU: cad's
+    prompt encoding, gradient passes (checkpointed in `low`) and restores work through the hooks and give the
+    plain pipeline's scores. Spreading over two GPUs is the gpu-marked test below."""
+    from accelerate import dispatch_model
+
+    plain, hooked = tiny_pipe_factory(0), tiny_pipe_factory(0)
+    for name in ("unet", "text_encoder", "vae"):
+        dispatch_model(getattr(hooked, name), device_map={"": "cpu"}, force_hooks=True)
+    assert hasattr(hooked.unet, "_hf_hook") and hasattr(hooked.text_encoder, "_hf_hook")
+    for memory in ("fast", "low"):
+        kw = dict(steps=2, num_samples=2, seed=0, progress=False, memory=memory)
+        a, b = attribute(plain, "a photo of a cat", **kw), attribute(hooked, "a photo of a cat", **kw)
+        for n in a.scores:  # separately built models: agreement to kernel order, not bits
+            scale = float(a.scores[n].abs().max())
+            torch.testing.assert_close(b.scores[n], a.scores[n], rtol=0, atol=1e-4 * scale + 1e-12, msg=n)
+    # the weights stayed on their device (no offload to meta) and their flags are back as they were
+    assert all(p.device.type == "cpu" for p in hooked.unet.parameters())
+    assert [p.requires_grad for p in hooked.unet.parameters()] == [p.requires_grad for p in plain.unet.parameters()]
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2+ CUDA devices")
 def test_balanced_pipeline_attributes_across_gpus(tiny_pipe_dir):
