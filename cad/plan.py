@@ -266,11 +266,15 @@ def _gpu(gpu: str | None) -> tuple[str, float, float, bool]:
     return key, *GPU_PEAK[key], False
 
 
+def _cuda_measured(key: str, default=None):
+    """What bench_gpu.py measured on a GPU under `key` of devices.cuda in the coefficients file (`default` if none)."""
+    return coefficients().get("devices", {}).get("cuda", {}).get(key, default)
+
+
 def efficiency(arch: str, mode: str) -> tuple[float, bool, str | None]:
     """(achieved fraction of peak FLOP/s, measured?, the architecture it was measured on) for a pass kind: measured
     by bench_gpu.py on the architecture or its stand-in where it ran, else assumed."""
-    cuda = coefficients().get("devices", {}).get("cuda", {})
-    measured = cuda.get("efficiency", {})
+    measured = _cuda_measured("efficiency", {})
     src = next((a for a in (arch, *STAND_IN.get(arch, ())) if measured.get(a, {}).get(mode)), None)
     return (measured[src][mode], True, src) if src else (ASSUMED_EFFICIENCY, False, None)
 
@@ -283,8 +287,7 @@ def fingerprint_seconds(arch: str, dtype: str, device: str = "cuda") -> float:
     attribution stage, an upper bound."""
     db = DTYPE_BYTES[dtype]
     hashed = counts(arch)["params"] * db * (1 if dtype == "float16" else 2)
-    rate = (coefficients().get("devices", {}).get("cuda", {}).get("fingerprint_bytes_per_s")
-            if device == "cuda" else None)
+    rate = _cuda_measured("fingerprint_bytes_per_s") if device == "cuda" else None
     return hashed / (rate or ASSUMED_FINGERPRINT_RATE)
 
 
@@ -294,7 +297,7 @@ def edit_factor(method: str, device: str = "cuda") -> float:
     optimiser steps, scheduler arithmetic, Python between the calls)."""
     if device != "cuda":
         return 1.0
-    return float(coefficients().get("devices", {}).get("cuda", {}).get("edit_factors", {}).get(method, 1.0))
+    return float(_cuda_measured("edit_factors", {}).get(method, 1.0))
 
 
 def generation_factor(arch: str, device: str = "cuda") -> float:
@@ -303,7 +306,7 @@ def generation_factor(arch: str, device: str = "cuda") -> float:
     denoiser calls that the composition from single passes leaves out (SD 1.4 on an H200: 1.42)."""
     if device != "cuda":
         return 1.0
-    return float(coefficients().get("devices", {}).get("cuda", {}).get("generation_factors", {}).get(arch, 1.0))
+    return float(_cuda_measured("generation_factors", {}).get(arch, 1.0))
 
 
 def pass_flops(arch: str, mode: str, resolution: int, batch: int) -> float:
@@ -325,7 +328,7 @@ def seconds(arch: str, mode: str, resolution: int, batch: int, dtype: str, gpu: 
     work = pass_flops(arch, mode, resolution, batch)
     eff, measured, src = efficiency(arch, mode)
     if measured:
-        native = coefficients()["devices"]["cuda"].get("native", {}).get(src)
+        native = _cuda_measured("native", {}).get(src)
         ref = pass_flops(arch, mode, native, 1) if native else work
         eff = min(max(eff, ASSUMED_EFFICIENCY), eff * work / ref)
     return work / (peak * eff)
