@@ -29,14 +29,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from cad.backbones.digests import (  # noqa: F401  (re-exported: the digests' home before cad.backbones.digests)
-    HALF_CHUNK,
-    _half_digest,
-    _tensor_digest,
-    module_fingerprint,
-    module_fingerprint_and_identity,
-    module_identity,
-)
+from cad.backbones.digests import module_fingerprint, module_fingerprint_and_identity, module_identity
 from cad.errors import UserError
 
 # Families register themselves here when their module is imported (see cad.backbones.get_family).

@@ -53,7 +53,7 @@ def test_fingerprint_changes_with_any_weight(tiny_pipe_factory):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_identity_digest_cast_in_chunks_is_the_whole_cast(dtype):
-    from cad.backbones.base import HALF_CHUNK, _half_digest, _tensor_digest
+    from cad.backbones.digests import HALF_CHUNK, _half_digest, _tensor_digest
 
     # Longer than one chunk, with a ragged tail, values that round differently, non-contiguous too.
     t = (torch.randn(2 * HALF_CHUNK + 5, dtype=torch.float64) * 1e3).to(dtype)
