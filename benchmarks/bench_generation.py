@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cad.backbones import denoiser_of
 from cad.generate import generate, read_manifest
 from cad.speed import PIXEL_MEAN_TOLERANCE, PIXEL_TOLERANCE, compile_options
 from evaluation.benchmarks import load_benchmark
@@ -66,7 +67,7 @@ def measure(pipe, items, *, steps: int = 8, guidance: float = 3.0, batch_size: i
         warmup_s = time.perf_counter() - t0
     plain_s = cad_s = pipe_s = float("inf")
     gap = (0, 0.0)
-    cuda = torch.cuda.is_available() and any(p.is_cuda for p in pipe.components["vae"].parameters())
+    cuda = denoiser_of(pipe).device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     for _ in range(repeats):

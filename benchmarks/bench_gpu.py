@@ -185,7 +185,6 @@ def generation(arch: str, device: str, compile_too: bool, latent: int | None = N
     """images/s of cad.generate and of a plain pipeline call, same settings (GEN's images and batch, 8 steps), at the
     family's native latent (or `latent`): rows for the contiguous and the channels-last denoiser and, with
     `compile_too`, the compiled one; each with the peak memory allocated and the planner's estimate beside it."""
-    from benchmarks.bench_families import real_arch_pipeline
     from benchmarks.bench_generation import measure
     from cad import plan
     from evaluation.benchmarks import Item
@@ -196,11 +195,11 @@ def generation(arch: str, device: str, compile_too: bool, latent: int | None = N
         from cad.toy.kit import load_kit
 
         pipe = load_kit().load_pipeline()
+        pipe.to(device, getattr(torch, dtype))
+        pipe.set_progress_bar_config(disable=True)
     else:
-        pipe = real_arch_pipeline(arch, getattr(torch, dtype), device)
+        pipe = _real_pipeline(arch, device)
         pipe.vae.config.force_upcast = False
-    pipe.to(device, getattr(torch, dtype))
-    pipe.set_progress_bar_config(disable=True)
     size = latent * pipe.vae_scale_factor
     n, batch = GEN[arch]
     items = [Item(f"i{i}", f"a photo of a thing number {i}", i) for i in range(n)]
@@ -218,7 +217,7 @@ def generation(arch: str, device: str, compile_too: bool, latent: int | None = N
             except Exception as err:  # compile support differs between torch builds: report, do not fail
                 out["rows"][row] = {"error": f"{type(err).__name__}: {err}"[:300]}
     try:
-        st = plan.generation_stage(arch if arch != "toy" else "toy", resolution=latent * 8, dtype=dtype, images=n,
+        st = plan.generation_stage(arch, resolution=latent * 8, dtype=dtype, images=n,
                                    steps=8, batch=batch, gpu=_gpu_name(device),
                                    device="cuda" if device == "cuda" else "cpu", calibrated=False)
         # the plan holds real encoders and VAE; this pipeline's are tiny, so compare the denoiser's share
@@ -233,28 +232,39 @@ def generation(arch: str, device: str, compile_too: bool, latent: int | None = N
     return out
 
 
+def _real_pipeline(arch: str, device: str):
+    """benchmarks.bench_families.real_arch_pipeline of a FAMILIES entry, all of it on `device` in the family's dtype,
+    without progress bars."""
+    from benchmarks.bench_families import real_arch_pipeline
+
+    dtype = getattr(torch, FAMILIES[arch][1])
+    pipe = real_arch_pipeline(arch, dtype, device)
+    pipe.to(device, dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def attribute_api(arch: str, device: str, modes=("low", "fast")) -> dict:
     """cad.attribute itself (not the bare passes) on the real architecture at its native latent, K = 1, one step, in
     each memory mode: seconds, peak memory and finite scores, with torch's SDPA backends as the user has them (the
     cuDNN-attention backward failure on FLUX must be avoided by cad.attribute, not by this benchmark)."""
-    from benchmarks.bench_families import real_arch_pipeline
     from cad.attribution import attribute
 
     name, dtype, latent, _, _ = FAMILIES[arch]
     out = {"arch": arch, "model": name, "dtype": dtype, "resolution": latent * 8,
            "cudnn_sdp_enabled": bool(torch.backends.cuda.cudnn_sdp_enabled()) if device == "cuda" else None,
            "modes": {}}
-    pipe = real_arch_pipeline(arch, getattr(torch, dtype), device)
-    pipe.to(device, getattr(torch, dtype))
+    pipe = _real_pipeline(arch, device)
     size = latent * pipe.vae_scale_factor
     from cad.backbones import wrap
 
     # what every attribution records (and the runner checks): the denoiser's fingerprint and identity, one walk
-    # over the weights; its time is part of each cad.attribute call below
+    # over the weights, timed alone; the cad.attribute calls below find it memoised (cad.backbones.digests)
+    bb = wrap(pipe)
     t0 = time.perf_counter()
-    wrap(pipe).denoiser_fingerprint_and_identity()
+    bb.denoiser_fingerprint_and_identity()
     out["fingerprint_s"] = time.perf_counter() - t0
-    out["weights_bytes"] = sum(p.numel() * p.element_size() for p in wrap(pipe).denoiser.parameters())
+    out["weights_bytes"] = sum(p.numel() * p.element_size() for p in bb.denoiser.parameters())
     for mode in modes:
         try:
             if device == "cuda":
@@ -284,7 +294,6 @@ def methods_measured(arch: str, device: str, esd_iterations: int = 8) -> dict:
     a few iterations / prompts, timed, beside the planner's cost of the same settings; per-iteration and
     per-prompt figures scale the full edits (ESD's t_enc is drawn per iteration, so a few iterations carry
     sampling noise: the mean DDIM run is half the schedule)."""
-    from benchmarks.bench_families import real_arch_pipeline
     from cad import plan
     from cad.backbones import wrap
     from cad.methods.base import MethodContext
@@ -292,9 +301,7 @@ def methods_measured(arch: str, device: str, esd_iterations: int = 8) -> dict:
     from cad.methods.esd import ESD
 
     name, dtype, latent, _, _ = FAMILIES[arch]
-    pipe = real_arch_pipeline(arch, getattr(torch, dtype), device)
-    pipe.to(device, getattr(torch, dtype))
-    pipe.set_progress_bar_config(disable=True)
+    pipe = _real_pipeline(arch, device)
     bb = wrap(pipe)
     size = latent * pipe.vae_scale_factor
     gpu = _gpu_name(device)
@@ -392,8 +399,8 @@ def markdown(report: dict) -> str:
             if "error" in r:
                 lines.append(f"| {arch} | failed: {r['error'][:160]} | | | |")
             elif "fingerprint_s" in r:
-                lines.append(f"| {r['model']} | of which the weights' fingerprint and identity "
-                             f"({r['weights_bytes'] / gb:.1f} GB) | {r['fingerprint_s']:.2f} | | |")
+                lines.append(f"| {r['model']} | the weights' fingerprint and identity ({r['weights_bytes'] / gb:.1f} "
+                             f"GB), one walk timed alone (memoised for the calls below) | {r['fingerprint_s']:.2f} | | |")
             for mode, m in r.get("modes", {}).items():
                 if "error" in m:
                     lines.append(f"| {r['model']} | {mode} | failed: {m['error'][:160]} | | |")
