@@ -320,8 +320,8 @@ def check_numbers(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"generation.compile={gen['compile']!r} must be true or false (true: torch.compile the "
                           "denoiser for generation)")
     if gen.get("channels_last", "auto") != "auto" and not isinstance(gen.get("channels_last"), bool):
-        raise ConfigError(f"generation.channels_last={gen['channels_last']!r} must be auto (channels-last UNets "
-                          "on CUDA), true or false")
+        raise ConfigError(f"generation.channels_last={gen['channels_last']!r} must be auto (channels-last for UNets "
+                          "compiled on CUDA), true or false")
     for what, value in (("attribution.batch_size", att.get("batch_size")),
                         ("attribution.num_samples", att.get("num_samples")),
                         ("fidelity.num_samples", fid.get("num_samples")),
